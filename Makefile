@@ -1,0 +1,51 @@
+# modelreg developer commands. `make run` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTO_SRC := $(wildcard protos/modelreg/v1/*.proto)
+GEN_DIR := clients/python/modelreg/v1
+
+.PHONY: all install protos check-protos lint typecheck buflint test pytest run bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[server,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Generated code is committed (installing the SDK needs no protoc); regenerate after editing protos/.
+protos: $(STAMP)
+	$(BIN)/python -m modelreg_server.tools.genproto protos $(GEN_DIR)
+
+check-protos: $(STAMP)
+	$(BIN)/python -m modelreg_server.tools.genproto --check protos $(GEN_DIR)
+
+buflint: $(STAMP)
+	$(BIN)/buf lint protos
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q
+
+test: check-protos buflint lint typecheck pytest
+
+run: $(STAMP)
+	$(BIN)/modelreg-server dev
+
+bench: $(STAMP)
+	mkdir -p bench/results
+	$(BIN)/python bench/catalog.py --out bench/results/catalog.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
