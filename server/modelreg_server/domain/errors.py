@@ -99,5 +99,8 @@ class DataLoss(RegistryError):
 def invalid(field_path: str, description: str, reason: str = "INVALID_FIELD") -> InvalidArgument:
     """Shorthand for an InvalidArgument naming one field."""
     return InvalidArgument(
-        f"{field_path}: {description}", reason, {"field": field_path}, [FieldViolation(field_path, description)]
+        f"{field_path}: {description}",
+        reason,
+        {"field": field_path},
+        [FieldViolation(field_path, description)],
     )

@@ -1,0 +1,130 @@
+"""Turns registry errors into gRPC statuses with google.rpc details, and guards every RPC handler."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from modelreg_server.domain import errors
+from modelreg_server.storage.db import translate
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "modelreg"
+
+_CODES: dict[type[errors.RegistryError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Aborted: grpc.StatusCode.ABORTED,
+    errors.OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DataLoss: grpc.StatusCode.DATA_LOSS,
+}
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def to_status(err: errors.RegistryError) -> status_pb2.Status:
+    """The google.rpc.Status for a registry error: code, message, ErrorInfo and the specific details."""
+    code = _CODES.get(type(err), grpc.StatusCode.INTERNAL)
+    details = [
+        _pack(error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=dict(err.metadata)))
+    ]
+    if isinstance(err, errors.InvalidArgument) and err.violations:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in err.violations
+            ]
+        )
+        details.append(_pack(bad))
+    if isinstance(err, errors.FailedPrecondition) and err.violations:
+        failure = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type=v.type, subject=v.subject, description=v.description
+                )
+                for v in err.violations
+            ]
+        )
+        details.append(_pack(failure))
+    return status_pb2.Status(code=code.value[0], message=err.message, details=details)
+
+
+def _internal_status() -> status_pb2.Status:
+    info = error_details_pb2.ErrorInfo(reason="INTERNAL", domain=DOMAIN)
+    return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error", details=[_pack(info)])
+
+
+def _status_for(exc: Exception) -> status_pb2.Status:
+    if isinstance(exc, errors.RegistryError):
+        return to_status(exc)
+    mapped = translate(exc)
+    if mapped is not None:
+        return to_status(mapped)
+    log.exception("unhandled error in RPC handler")
+    return _internal_status()
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
+    """Ends the call with the status that matches exc."""
+    status = rpc_status.to_status(_status_for(exc))
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+S = TypeVar("S")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+def unary(
+    handler: Callable[[S, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]],
+) -> Callable[[S, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
+    """Decorates a unary (or client-streaming) handler so every failure leaves with the right status."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: S, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
+        try:
+            return await handler(self, request, context)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            await abort(context, exc)
+
+    return wrapper
+
+
+def streaming(
+    handler: Callable[[S, Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]],
+) -> Callable[[S, Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]]:
+    """Like `unary`, for server-streaming handlers written as async generators."""
+
+    @functools.wraps(handler)
+    async def wrapper(
+        self: S, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
+    ) -> AsyncIterator[Resp]:
+        try:
+            async for item in handler(self, request, context):
+                yield item
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            await abort(context, exc)
+
+    return wrapper

@@ -1,0 +1,87 @@
+"""Builds and runs the gRPC server: servicers, health, reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from modelreg.v1 import model_registry_service_pb2, model_registry_service_pb2_grpc
+from modelreg_server.api.registry_servicer import RegistryServicer
+from modelreg_server.config import Settings
+from modelreg_server.domain.catalog import Catalog
+from modelreg_server.domain.errors import RegistryError
+from modelreg_server.domain.pagination import PageTokenCodec
+from modelreg_server.storage.db import Database, create_pool
+from modelreg_server.storage.migrate import migrate
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (model_registry_service_pb2.DESCRIPTOR.services_by_name["ModelRegistryService"].full_name,)
+
+
+def _server_options(settings: Settings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_connection_age_ms", settings.max_connection_age_s * 1000),
+        ("grpc.max_connection_age_grace_ms", 30_000),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+async def open_database(settings: Settings) -> Database:
+    """Connects and applies pending migrations."""
+    db = Database(await create_pool(settings.database_url, max_size=settings.db_pool_size))
+    async with db.pool.acquire() as conn:
+        applied = await migrate(conn)
+    for name in applied:
+        log.info("applied migration %s", name)
+    return db
+
+
+async def serve(settings: Settings) -> int:
+    """Runs until SIGTERM/SIGINT; returns the process exit code."""
+    try:
+        db = await open_database(settings)
+    except RegistryError as exc:
+        print(f"modelreg-server: {exc}", file=sys.stderr)
+        return 2
+    tokens = PageTokenCodec(await db.fetch_secret("page_token"))
+    server = grpc.aio.server(options=_server_options(settings))
+    model_registry_service_pb2_grpc.add_ModelRegistryServiceServicer_to_server(
+        RegistryServicer(Catalog(db, tokens)), server
+    )
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs lacks aio
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        port = server.add_insecure_port(settings.listen)
+    except RuntimeError as exc:
+        print(f"modelreg-server: cannot listen on {settings.listen}: {exc}", file=sys.stderr)
+        await db.close()
+        return 2
+    await server.start()
+    for name in (*SERVICE_NAMES, ""):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    host = settings.listen.rsplit(":", 1)[0]
+    print(f"modelreg-server listening on {host}:{port}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(settings.shutdown_grace_s)
+    await db.close()
+    return 0

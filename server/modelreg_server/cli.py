@@ -1,0 +1,65 @@
+"""`modelreg-server`: serve, migrate, dev."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from modelreg_server.config import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelreg-server", description="The modelreg model registry server."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gRPC server (applies migrations first)")
+    serve.add_argument("--listen", help="host:port (env MODELREG_LISTEN, default 127.0.0.1:50051)")
+    serve.add_argument("--database-url", help="PostgreSQL URL (env MODELREG_DATABASE_URL)")
+    migrate = sub.add_parser("migrate", help="apply pending database migrations and exit")
+    migrate.add_argument("--database-url", help="PostgreSQL URL (env MODELREG_DATABASE_URL)")
+    dev = sub.add_parser("dev", help="run embedded PostgreSQL + S3 + the server (data under .modelreg/)")
+    dev.add_argument("--listen", help="host:port (default 127.0.0.1:50051)")
+    dev.add_argument(
+        "--data-dir", type=Path, default=Path(".modelreg"), help="where the dev stack keeps data"
+    )
+    return parser
+
+
+async def _migrate(settings: Settings) -> int:
+    from modelreg_server.app import open_database
+    from modelreg_server.domain.errors import RegistryError
+
+    try:
+        db = await open_database(settings)
+    except RegistryError as exc:
+        print(f"modelreg-server: {exc}", file=sys.stderr)
+        return 2
+    await db.close()
+    print("migrations applied")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `modelreg-server`."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {k: getattr(args, k, None) for k in ("listen", "database_url")}
+    settings = Settings.from_env(**overrides)
+    if args.command == "serve":
+        from modelreg_server.app import serve
+
+        code: int = asyncio.run(serve(settings))
+        return code
+    if args.command == "migrate":
+        return asyncio.run(_migrate(settings))
+    from modelreg_server.devstack import run_dev
+
+    return run_dev(args.data_dir, settings.listen)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Server settings from flags and MODELREG_* environment variables (flags win)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/modelreg"
+
+
+def _bool(text: str) -> bool:
+    return text.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server needs to run; documented in the README."""
+
+    listen: str = DEFAULT_LISTEN
+    database_url: str = DEFAULT_DATABASE_URL
+    s3_endpoint: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_bucket: str = "modelreg"
+    s3_secure: bool = False
+    db_pool_size: int = 16
+    # Long-lived streams (watches) are closed after this age so clients rebalance across replicas.
+    max_connection_age_s: int = 1800
+    shutdown_grace_s: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Reads MODELREG_* variables; keyword overrides (from flags) that are not None win."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {
+            "listen": env.get("MODELREG_LISTEN", DEFAULT_LISTEN),
+            "database_url": env.get("MODELREG_DATABASE_URL", DEFAULT_DATABASE_URL),
+            "s3_endpoint": env.get("MODELREG_S3_ENDPOINT", ""),
+            "s3_access_key": env.get("MODELREG_S3_ACCESS_KEY", ""),
+            "s3_secret_key": env.get("MODELREG_S3_SECRET_KEY", ""),
+            "s3_bucket": env.get("MODELREG_S3_BUCKET", "modelreg"),
+            "s3_secure": _bool(env.get("MODELREG_S3_SECURE", "false")),
+            "db_pool_size": int(env.get("MODELREG_DB_POOL_SIZE", "16")),
+            "max_connection_age_s": int(env.get("MODELREG_MAX_CONNECTION_AGE_S", "1800")),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

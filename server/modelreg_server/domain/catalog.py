@@ -1,0 +1,282 @@
+"""Catalog rules: models and versions, their transactions, etags, idempotency and listings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from modelreg_server.domain import errors
+from modelreg_server.domain.filtering import FilterError, Node, parse_filter
+from modelreg_server.domain.names import model_name, parse_version_name, version_name
+from modelreg_server.domain.ordering import OrderByError, OrderKey, parse_order_by
+from modelreg_server.domain.pagination import PageSizeError, PageTokenCodec, PageTokenError, resolve_page_size
+from modelreg_server.domain.records import ModelFields, ModelRecord, NewVersion, Page, VersionRecord
+from modelreg_server.storage import model_repo, version_repo
+from modelreg_server.storage.db import Connection, Database
+from modelreg_server.storage.listing import ListingSpec
+
+DEFAULT_MODEL_ORDER = (OrderKey(("name",), False),)
+DEFAULT_VERSION_ORDER = (OrderKey(("create_time",), True),)
+
+
+def model_etag(model: ModelRecord) -> str:
+    """Opaque etag of a model's current state."""
+    return _etag(f"{model.uid}:{model.revision}")
+
+
+def version_etag(version: VersionRecord) -> str:
+    """Opaque etag of a version's current state."""
+    return _etag(f"{version.model_id}/{version.version}:{version.revision}:{version.stage}")
+
+
+def _etag(state: str) -> str:
+    return '"' + hashlib.blake2b(state.encode(), digest_size=8).hexdigest() + '"'
+
+
+def _check_etag(given: str, current: str, resource: str) -> None:
+    if given and given != current:
+        raise errors.Aborted(
+            f"etag mismatch for {resource}: it changed since you read it; get it again and retry",
+            "ETAG_MISMATCH",
+            {"resource": resource, "current_etag": current},
+        )
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """The listing-related fields of a List request."""
+
+    page_size: int
+    page_token: str
+    filter: str
+    order_by: str
+
+
+@dataclass(frozen=True)
+class _ParsedQuery:
+    limit: int
+    node: Node | None
+    order: Sequence[OrderKey]
+    after: list[object] | None
+    binding: str
+
+
+class Catalog:
+    """Models and versions."""
+
+    def __init__(self, db: Database, tokens: PageTokenCodec) -> None:
+        self._db = db
+        self._tokens = tokens
+
+    # --- models -----------------------------------------------------------------------------------------
+
+    async def create_model(self, model_id: str, fields: ModelFields) -> ModelRecord:
+        """Creates `models/{model_id}`; ALREADY_EXISTS when taken."""
+        return await self._db.transact(lambda conn: model_repo.insert(conn, model_id, fields))
+
+    async def get_model(self, model_id: str) -> ModelRecord:
+        """The model or NOT_FOUND."""
+        async with self._db.connection() as conn:
+            return _found_model(await model_repo.get(conn, model_id), model_id)
+
+    async def update_model(self, model_id: str, changes: dict[str, Any], etag: str) -> ModelRecord:
+        """Applies changes to mutable fields if the etag (when given) still matches."""
+
+        async def work(conn: Connection) -> ModelRecord:
+            current = _found_model(await model_repo.get(conn, model_id, lock=True), model_id)
+            _check_etag(etag, model_etag(current), model_name(model_id))
+            if not changes:
+                return current
+            return await model_repo.update(conn, model_id, changes)
+
+        return await self._db.transact(work)
+
+    async def delete_model(self, model_id: str, etag: str, force: bool) -> None:
+        """Deletes a model; refused while it has versions unless forced."""
+
+        async def work(conn: Connection) -> None:
+            current = _found_model(await model_repo.get(conn, model_id, lock=True), model_id)
+            _check_etag(etag, model_etag(current), model_name(model_id))
+            if not force and await model_repo.has_versions(conn, model_id):
+                name = model_name(model_id)
+                raise errors.FailedPrecondition(
+                    f"model {name} still has {current.latest_version} version(s); delete with force=true",
+                    "MODEL_HAS_VERSIONS",
+                    {"model": name},
+                    [errors.PreconditionViolation("MODEL_HAS_VERSIONS", name, "the model has versions")],
+                )
+            await model_repo.delete(conn, model_id)
+
+        await self._db.transact(work)
+
+    async def list_models(self, query: ListQuery) -> Page[ModelRecord]:
+        """One page of models."""
+        parsed = self._parse_query(query, model_repo.LISTING, DEFAULT_MODEL_ORDER, binding="models")
+        async with self._db.connection() as conn:
+            with _filter_errors():
+                items, cursor = await model_repo.list_page(
+                    conn, filter_node=parsed.node, order=parsed.order, after=parsed.after, limit=parsed.limit
+                )
+        return Page(items, self._next_token(cursor, parsed.binding))
+
+    # --- versions ---------------------------------------------------------------------------------------
+
+    async def create_version(
+        self,
+        model_id: str,
+        new: NewVersion,
+        *,
+        creator: str,
+        request_id: str | None,
+    ) -> VersionRecord:
+        """Registers the next version of a model. A repeated request id returns the first result."""
+        request_hash = hashlib.sha256(json.dumps(asdict(new), sort_keys=True).encode()).digest()
+        parents = [parse_version_name(p, "model_version.lineage.parent_versions") for p in _parents(new)]
+
+        async def work(conn: Connection) -> VersionRecord:
+            # The row lock serialises registrations of one model across every replica, which makes the
+            # number allocation gap-free and the request-id check race-free.
+            _found_model(await model_repo.get(conn, model_id, lock=True), model_id)
+            if request_id:
+                earlier = await version_repo.find_by_request_id(conn, model_id, request_id)
+                if earlier is not None:
+                    return _replay(earlier, request_hash, request_id)
+            await _check_parents_exist(conn, parents)
+            number = await model_repo.allocate_version(conn, model_id)
+            return await version_repo.insert(
+                conn, model_id, number, new, creator=creator, request_id=request_id, request_hash=request_hash
+            )
+
+        return await self._db.transact(work)
+
+    async def get_version(self, model_id: str, version: int) -> VersionRecord:
+        """The version or NOT_FOUND."""
+        async with self._db.connection() as conn:
+            return _found_version(await version_repo.get(conn, model_id, version), model_id, version)
+
+    async def update_version(
+        self, model_id: str, version: int, changes: dict[str, Any], etag: str
+    ) -> VersionRecord:
+        """Changes description or labels of a version if the etag (when given) still matches."""
+
+        async def work(conn: Connection) -> VersionRecord:
+            current = _found_version(
+                await version_repo.get(conn, model_id, version, lock=True), model_id, version
+            )
+            _check_etag(etag, version_etag(current), version_name(model_id, version))
+            if not changes:
+                return current
+            return await version_repo.update(conn, model_id, version, changes)
+
+        return await self._db.transact(work)
+
+    async def list_versions(self, model_id: str | None, query: ListQuery) -> Page[VersionRecord]:
+        """One page of versions of a model, or of every model when model_id is None."""
+        parent = model_name(model_id) if model_id else "models/-"
+        parsed = self._parse_query(query, version_repo.LISTING, DEFAULT_VERSION_ORDER, binding=parent)
+
+        async def work(conn: Connection) -> tuple[list[VersionRecord], list[object] | None]:
+            if model_id is not None:
+                _found_model(await model_repo.get(conn, model_id), model_id)
+            with _filter_errors():
+                return await version_repo.list_page(
+                    conn,
+                    model_id=model_id,
+                    filter_node=parsed.node,
+                    order=parsed.order,
+                    after=parsed.after,
+                    limit=parsed.limit,
+                )
+
+        # One snapshot for the existence check and the page.
+        items, cursor = await self._db.transact(work, isolation="repeatable_read")
+        return Page(items, self._next_token(cursor, parsed.binding))
+
+    # --- helpers ----------------------------------------------------------------------------------------
+
+    def _parse_query(
+        self, query: ListQuery, spec: ListingSpec, default_order: Sequence[OrderKey], *, binding: str
+    ) -> _ParsedQuery:
+        try:
+            limit = resolve_page_size(query.page_size)
+        except PageSizeError as exc:
+            raise errors.invalid("page_size", str(exc)) from exc
+        try:
+            node = parse_filter(query.filter)
+        except FilterError as exc:
+            raise errors.invalid("filter", exc.message, "INVALID_FILTER") from exc
+        try:
+            order = parse_order_by(query.order_by, spec.sortable) if query.order_by.strip() else default_order
+        except OrderByError as exc:
+            raise errors.invalid("order_by", str(exc), "INVALID_ORDER_BY") from exc
+        full_binding = f"{binding}\x00{query.filter}\x00{query.order_by}"
+        after = None
+        if query.page_token:
+            try:
+                after = self._tokens.decode(query.page_token, full_binding)
+            except PageTokenError as exc:
+                raise errors.invalid("page_token", str(exc), "INVALID_PAGE_TOKEN") from exc
+        return _ParsedQuery(limit, node, order, after, full_binding)
+
+    def _next_token(self, cursor: list[object] | None, binding: str) -> str:
+        return "" if cursor is None else self._tokens.encode(cursor, binding)
+
+
+@contextmanager
+def _filter_errors() -> Iterator[None]:
+    """Filters name fields only the storage layer knows; its FilterErrors are the client's mistake."""
+    try:
+        yield
+    except FilterError as exc:
+        raise errors.invalid("filter", exc.message, "INVALID_FILTER") from exc
+
+
+def _parents(new: NewVersion) -> list[str]:
+    parents = new.lineage.get("parent_versions", [])
+    return [str(p) for p in parents] if isinstance(parents, list) else []
+
+
+async def _check_parents_exist(conn: Connection, parents: list[tuple[str, int]]) -> None:
+    missing = [version_name(m, v) for m, v in parents if await version_repo.get(conn, m, v) is None]
+    if missing:
+        raise errors.FailedPrecondition(
+            f"lineage names parent versions that do not exist: {', '.join(missing)}",
+            "PARENT_VERSION_NOT_FOUND",
+            {"missing": ",".join(missing)},
+            [
+                errors.PreconditionViolation("PARENT_VERSION_NOT_FOUND", name, "no such version")
+                for name in missing
+            ],
+        )
+
+
+def _replay(
+    earlier: tuple[VersionRecord, bytes | None], request_hash: bytes | None, request_id: str
+) -> VersionRecord:
+    record, stored_hash = earlier
+    if stored_hash != request_hash:
+        raise errors.AlreadyExists(
+            f"request_id {request_id!r} was already used for a different version "
+            f"({version_name(record.model_id, record.version)})",
+            "REQUEST_ID_REUSED",
+            {"request_id": request_id, "model_version": version_name(record.model_id, record.version)},
+        )
+    return record
+
+
+def _found_model(model: ModelRecord | None, model_id: str) -> ModelRecord:
+    if model is None:
+        name = model_name(model_id)
+        raise errors.NotFound(f"model {name} not found", "MODEL_NOT_FOUND", {"model": name})
+    return model
+
+
+def _found_version(version: VersionRecord | None, model_id: str, number: int) -> VersionRecord:
+    if version is None:
+        name = version_name(model_id, number)
+        raise errors.NotFound(f"model version {name} not found", "VERSION_NOT_FOUND", {"model_version": name})
+    return version
