@@ -11,18 +11,38 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from modelreg.v1 import model_registry_service_pb2, model_registry_service_pb2_grpc
+from modelreg.v1 import (
+    artifact_service_pb2,
+    artifact_service_pb2_grpc,
+    lifecycle_service_pb2,
+    lifecycle_service_pb2_grpc,
+    model_registry_service_pb2,
+    model_registry_service_pb2_grpc,
+)
+from modelreg_server.api.artifact_servicer import ArtifactServicer
+from modelreg_server.api.lifecycle_servicer import LifecycleServicer
 from modelreg_server.api.registry_servicer import RegistryServicer
+from modelreg_server.api.serving_servicer import ServingServicer
 from modelreg_server.config import Settings
+from modelreg_server.domain.artifacts import open_artifacts
 from modelreg_server.domain.catalog import Catalog
 from modelreg_server.domain.errors import RegistryError
+from modelreg_server.domain.feed import ChangeFeed
+from modelreg_server.domain.lifecycle import Lifecycle
 from modelreg_server.domain.pagination import PageTokenCodec
+from modelreg_server.domain.resolve_cache import ModelScopedCache
+from modelreg_server.domain.serving import Serving
 from modelreg_server.storage.db import Database, create_pool
 from modelreg_server.storage.migrate import migrate
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = (model_registry_service_pb2.DESCRIPTOR.services_by_name["ModelRegistryService"].full_name,)
+SERVICE_NAMES = (
+    model_registry_service_pb2.DESCRIPTOR.services_by_name["ModelRegistryService"].full_name,
+    artifact_service_pb2.DESCRIPTOR.services_by_name["ArtifactService"].full_name,
+    lifecycle_service_pb2.DESCRIPTOR.services_by_name["LifecycleService"].full_name,
+    lifecycle_service_pb2.DESCRIPTOR.services_by_name["ServingService"].full_name,
+)
 
 
 def _server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -55,9 +75,26 @@ async def serve(settings: Settings) -> int:
         return 2
     tokens = PageTokenCodec(await db.fetch_secret("page_token"))
     server = grpc.aio.server(options=_server_options(settings))
+    cache: ModelScopedCache[object] = ModelScopedCache()
+    feed = ChangeFeed(db, settings.database_url, [cache])
+    await feed.start()
+
+    def committed(model_id: str, revision: int) -> None:
+        # Read-your-writes on this replica: drop the model's entries now, then let the pump publish.
+        cache.invalidate(model_id, revision)
+        feed.wake()
+
     model_registry_service_pb2_grpc.add_ModelRegistryServiceServicer_to_server(
-        RegistryServicer(Catalog(db, tokens)), server
+        RegistryServicer(Catalog(db, tokens, on_commit=committed)), server
     )
+    lifecycle_service_pb2_grpc.add_LifecycleServiceServicer_to_server(
+        LifecycleServicer(Lifecycle(db, tokens, on_commit=committed)), server
+    )
+    lifecycle_service_pb2_grpc.add_ServingServiceServicer_to_server(
+        ServingServicer(Serving(db, feed, cache), settings.watch_heartbeat_s), server
+    )
+    artifacts = await open_artifacts(settings, db)
+    artifact_service_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(artifacts), server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs lacks aio
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -83,5 +120,8 @@ async def serve(settings: Settings) -> int:
     log.info("shutting down")
     await health_servicer.enter_graceful_shutdown()
     await server.stop(settings.shutdown_grace_s)
+    await feed.stop()
     await db.close()
+    if artifacts is not None:
+        artifacts.close()
     return 0

@@ -29,6 +29,8 @@ class Settings:
     # Long-lived streams (watches) are closed after this age so clients rebalance across replicas.
     max_connection_age_s: int = 1800
     shutdown_grace_s: float = 10.0
+    # Interval of WatchAliases heartbeats (also the longest a quiet watcher waits to learn the revision).
+    watch_heartbeat_s: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -44,6 +46,7 @@ class Settings:
             "s3_secure": _bool(env.get("MODELREG_S3_SECURE", "false")),
             "db_pool_size": int(env.get("MODELREG_DB_POOL_SIZE", "16")),
             "max_connection_age_s": int(env.get("MODELREG_MAX_CONNECTION_AGE_S", "1800")),
+            "watch_heartbeat_s": float(env.get("MODELREG_WATCH_HEARTBEAT_S", "5")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

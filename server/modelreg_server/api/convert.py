@@ -49,6 +49,7 @@ def model_to_proto(model: ModelRecord) -> model_pb2.Model:
         update_time=timestamp(model.update_time),
         etag=model_etag(model),
         uid=model.uid,
+        promotion_policy=model_pb2.PromotionPolicy.ValueType(int(model.promotion_policy)),
     )
 
 
@@ -71,6 +72,7 @@ def version_to_proto(version: VersionRecord) -> model_pb2.ModelVersion:
         create_time=timestamp(version.create_time),
         update_time=timestamp(version.update_time),
         etag=version_etag(version),
+        aliases=version.aliases,
     )
 
 

@@ -25,12 +25,18 @@ from modelreg_server.api.identity import caller
 from modelreg_server.api.status import unary
 from modelreg_server.domain import errors
 from modelreg_server.domain.catalog import Catalog, ListQuery
-from modelreg_server.domain.names import check_model_id, parse_model_name, parse_parent, parse_version_name
-from modelreg_server.domain.records import ModelFields
+from modelreg_server.domain.names import (
+    check_model_id,
+    parse_model_name,
+    parse_parent,
+    parse_version_name,
+    parse_version_ref,
+)
+from modelreg_server.domain.records import ModelFields, PromotionPolicy
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-MODEL_MUTABLE = ("description", "labels", "owner_team")
+MODEL_MUTABLE = ("description", "labels", "owner_team", "promotion_policy")
 MODEL_OUTPUT_ONLY = ("name", "latest_version", "create_time", "update_time", "etag", "uid")
 VERSION_MUTABLE = ("description", "labels")
 VERSION_OUTPUT_ONLY = ("name", "version", "stage", "creator", "create_time", "update_time", "etag")
@@ -38,6 +44,15 @@ VERSION_OUTPUT_ONLY = ("name", "version", "stage", "creator", "create_time", "up
 
 def _list_query(request: pb.ListModelsRequest | pb.ListModelVersionsRequest) -> ListQuery:
     return ListQuery(request.page_size, request.page_token, request.filter, request.order_by)
+
+
+def _policy(value: int) -> PromotionPolicy:
+    if value == model_pb2.PROMOTION_POLICY_UNSPECIFIED:
+        return PromotionPolicy.STAGES_AND_ALIASES
+    try:
+        return PromotionPolicy(value)
+    except ValueError:
+        raise errors.invalid("model.promotion_policy", f"unknown promotion policy {value}") from None
 
 
 def _check_model_fields(model: model_pb2.Model, v: val.Violations) -> None:
@@ -131,7 +146,12 @@ class RegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             v.items.extend(exc.violations)
         _check_model_fields(request.model, v)
         v.check()
-        fields = ModelFields(request.model.description, dict(request.model.labels), request.model.owner_team)
+        fields = ModelFields(
+            request.model.description,
+            dict(request.model.labels),
+            request.model.owner_team,
+            _policy(request.model.promotion_policy),
+        )
         return model_to_proto(await self._catalog.create_model(request.model_id, fields))
 
     @unary
@@ -159,15 +179,16 @@ class RegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             refusal="cannot be updated",
         )
         v.check()
-        updated = await self._catalog.update_model(
-            model_id, _changes(request.model, paths), request.model.etag
-        )
+        changes = _changes(request.model, paths)
+        if "promotion_policy" in changes:
+            changes["promotion_policy"] = int(_policy(changes["promotion_policy"]))
+        updated = await self._catalog.update_model(model_id, changes, request.model.etag, caller(context))
         return model_to_proto(updated)
 
     @unary
     async def DeleteModel(self, request: pb.DeleteModelRequest, context: Context) -> empty_pb2.Empty:
         model_id = parse_model_name(request.name)
-        await self._catalog.delete_model(model_id, request.etag, request.force)
+        await self._catalog.delete_model(model_id, request.etag, request.force, caller(context))
         return empty_pb2.Empty()
 
     @unary
@@ -184,7 +205,7 @@ class RegistryServicer(pb_grpc.ModelRegistryServiceServicer):
         created = await self._catalog.create_version(
             model_id,
             new_version_from_proto(request.model_version),
-            creator=caller(context),
+            creator=caller(context).principal,
             request_id=request.request_id or None,
         )
         return version_to_proto(created)
@@ -193,8 +214,7 @@ class RegistryServicer(pb_grpc.ModelRegistryServiceServicer):
     async def GetModelVersion(
         self, request: pb.GetModelVersionRequest, context: Context
     ) -> model_pb2.ModelVersion:
-        model_id, version = parse_version_name(request.name)
-        return version_to_proto(await self._catalog.get_version(model_id, version))
+        return version_to_proto(await self._catalog.get_version(parse_version_ref(request.name)))
 
     @unary
     async def ListModelVersions(

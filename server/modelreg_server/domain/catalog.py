@@ -11,11 +11,20 @@ from typing import Any
 
 from modelreg_server.domain import errors
 from modelreg_server.domain.filtering import FilterError, Node, parse_filter
-from modelreg_server.domain.names import model_name, parse_version_name, version_name
+from modelreg_server.domain.lifecycle import CommitHook, resolve_ref
+from modelreg_server.domain.names import VersionRef, model_name, parse_version_name, version_name
 from modelreg_server.domain.ordering import OrderByError, OrderKey, parse_order_by
 from modelreg_server.domain.pagination import PageSizeError, PageTokenCodec, PageTokenError, resolve_page_size
-from modelreg_server.domain.records import ModelFields, ModelRecord, NewVersion, Page, VersionRecord
-from modelreg_server.storage import model_repo, version_repo
+from modelreg_server.domain.records import (
+    Caller,
+    ChangeType,
+    ModelFields,
+    ModelRecord,
+    NewVersion,
+    Page,
+    VersionRecord,
+)
+from modelreg_server.storage import lifecycle_repo, model_repo, version_repo
 from modelreg_server.storage.db import Connection, Database
 from modelreg_server.storage.listing import ListingSpec
 
@@ -68,9 +77,14 @@ class _ParsedQuery:
 class Catalog:
     """Models and versions."""
 
-    def __init__(self, db: Database, tokens: PageTokenCodec) -> None:
+    def __init__(self, db: Database, tokens: PageTokenCodec, on_commit: CommitHook | None = None) -> None:
         self._db = db
         self._tokens = tokens
+        self._on_commit = on_commit
+
+    def _committed(self, model_id: str, revision: int | None) -> None:
+        if revision is not None and self._on_commit is not None:
+            self._on_commit(model_id, revision)
 
     # --- models -----------------------------------------------------------------------------------------
 
@@ -83,22 +97,46 @@ class Catalog:
         async with self._db.connection() as conn:
             return _found_model(await model_repo.get(conn, model_id), model_id)
 
-    async def update_model(self, model_id: str, changes: dict[str, Any], etag: str) -> ModelRecord:
-        """Applies changes to mutable fields if the etag (when given) still matches."""
+    async def update_model(
+        self, model_id: str, changes: dict[str, Any], etag: str, caller: Caller
+    ) -> ModelRecord:
+        """Applies changes to mutable fields if the etag (when given) still matches. A promotion-policy
+        change is published on the change feed."""
+        revision: list[int] = []
 
         async def work(conn: Connection) -> ModelRecord:
+            revision.clear()
             current = _found_model(await model_repo.get(conn, model_id, lock=True), model_id)
             _check_etag(etag, model_etag(current), model_name(model_id))
             if not changes:
                 return current
-            return await model_repo.update(conn, model_id, changes)
+            updated = await model_repo.update(conn, model_id, changes)
+            if updated.promotion_policy != current.promotion_policy:
+                rev = await lifecycle_repo.allocate_revisions(conn, 1)
+                await lifecycle_repo.append_event(
+                    conn,
+                    rev,
+                    model_id,
+                    ChangeType.POLICY_CHANGED,
+                    caller.principal,
+                    payload={
+                        "policy": int(updated.promotion_policy),
+                        "previous_policy": int(current.promotion_policy),
+                    },
+                )
+                revision.append(rev)
+            return updated
 
-        return await self._db.transact(work)
+        result = await self._db.transact(work)
+        self._committed(model_id, revision[0] if revision else None)
+        return result
 
-    async def delete_model(self, model_id: str, etag: str, force: bool) -> None:
-        """Deletes a model; refused while it has versions unless forced."""
+    async def delete_model(self, model_id: str, etag: str, force: bool, caller: Caller) -> None:
+        """Deletes a model; refused while it has versions unless forced. Watchers learn it from the feed."""
+        revision: list[int] = []
 
         async def work(conn: Connection) -> None:
+            revision.clear()
             current = _found_model(await model_repo.get(conn, model_id, lock=True), model_id)
             _check_etag(etag, model_etag(current), model_name(model_id))
             if not force and await model_repo.has_versions(conn, model_id):
@@ -110,8 +148,12 @@ class Catalog:
                     [errors.PreconditionViolation("MODEL_HAS_VERSIONS", name, "the model has versions")],
                 )
             await model_repo.delete(conn, model_id)
+            rev = await lifecycle_repo.allocate_revisions(conn, 1)
+            await lifecycle_repo.append_event(conn, rev, model_id, ChangeType.MODEL_DELETED, caller.principal)
+            revision.append(rev)
 
         await self._db.transact(work)
+        self._committed(model_id, revision[0] if revision else None)
 
     async def list_models(self, query: ListQuery) -> Page[ModelRecord]:
         """One page of models."""
@@ -153,10 +195,14 @@ class Catalog:
 
         return await self._db.transact(work)
 
-    async def get_version(self, model_id: str, version: int) -> VersionRecord:
-        """The version or NOT_FOUND."""
+    async def get_version(self, ref: VersionRef) -> VersionRecord:
+        """The version a name or `models/m@alias` reference points at, or NOT_FOUND."""
         async with self._db.connection() as conn:
-            return _found_version(await version_repo.get(conn, model_id, version), model_id, version)
+            if ref.version is None:
+                return await resolve_ref(conn, ref)
+            return _found_version(
+                await version_repo.get(conn, ref.model_id, ref.version), ref.model_id, ref.version
+            )
 
     async def update_version(
         self, model_id: str, version: int, changes: dict[str, Any], etag: str

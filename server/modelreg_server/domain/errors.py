@@ -92,6 +92,11 @@ class Unavailable(RegistryError):
 
 
 @dataclass
+class ResourceExhausted(RegistryError):
+    """A limit was hit, e.g. a watcher fell too far behind (RESOURCE_EXHAUSTED)."""
+
+
+@dataclass
 class DataLoss(RegistryError):
     """Received bytes do not match their declared digest (DATA_LOSS)."""
 

@@ -64,10 +64,7 @@ def parse_version_ref(name: str, field: str = "name") -> VersionRef:
     parts = name.split("/")
     if len(parts) == 2 and parts[0] == "models" and "@" in parts[1]:
         model_id, _, alias = parts[1].partition("@")
-        check_model_id(model_id, field)
-        if not ALIAS_RE.fullmatch(alias):
-            raise invalid(field, f"invalid alias {alias[:80]!r}: use [a-z][a-z0-9-]*, at most 63 chars")
-        return VersionRef(model_id, alias=alias)
+        return VersionRef(check_model_id(model_id, field), alias=check_alias_id(alias, field))
     if len(parts) != 4 or parts[0] != "models" or parts[2] != "versions":
         raise invalid(field, f"expected 'models/{{model}}/versions/{{version}}', got {name[:100]!r}")
     check_model_id(parts[1], field)
@@ -82,3 +79,29 @@ def parse_version_name(name: str, field: str = "name") -> tuple[str, int]:
     if ref.version is None:
         raise invalid(field, "an alias is not accepted here; name the version number")
     return ref.model_id, ref.version
+
+
+def alias_name(model_id: str, alias: str) -> str:
+    """`models/{model_id}/aliases/{alias}`."""
+    return f"models/{model_id}/aliases/{alias}"
+
+
+def check_alias_id(alias: str, field: str) -> str:
+    """Validates an alias id: `[a-z][a-z0-9-]*`, at most 63 chars."""
+    if not ALIAS_RE.fullmatch(alias):
+        raise invalid(field, f"invalid alias {alias[:80]!r}: use [a-z][a-z0-9-]*, at most 63 chars")
+    return alias
+
+
+def parse_alias_name(name: str, field: str = "name") -> tuple[str, str]:
+    """Parses `models/{m}/aliases/{a}` into (model id, alias)."""
+    parts = name.split("/")
+    if len(parts) != 4 or parts[0] != "models" or parts[2] != "aliases":
+        raise invalid(field, f"expected 'models/{{model}}/aliases/{{alias}}', got {name[:100]!r}")
+    return check_model_id(parts[1], field), check_alias_id(parts[3], field)
+
+
+def parse_traffic_policy_name(name: str, field: str = "name") -> str:
+    """Parses `models/{m}/trafficPolicy` (or plain `models/{m}`) into the model id."""
+    base = name.removesuffix("/trafficPolicy")
+    return parse_model_name(base, field)

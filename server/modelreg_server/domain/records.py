@@ -20,6 +20,36 @@ class Stage(enum.IntEnum):
     ARCHIVED = 4
 
 
+class PromotionPolicy(enum.IntEnum):
+    """Which promotion patterns a model allows; numbers match modelreg.v1.PromotionPolicy."""
+
+    STAGES_AND_ALIASES = 1
+    STAGES = 2
+    ALIASES = 3
+    IMMUTABLE = 4
+
+    @property
+    def allows_stages(self) -> bool:
+        """Whether stage transitions are allowed."""
+        return self in (PromotionPolicy.STAGES_AND_ALIASES, PromotionPolicy.STAGES)
+
+    @property
+    def allows_aliases(self) -> bool:
+        """Whether aliases and traffic policies may change."""
+        return self in (PromotionPolicy.STAGES_AND_ALIASES, PromotionPolicy.ALIASES)
+
+
+class ChangeType(enum.IntEnum):
+    """Kinds of change in the feed; numbers match modelreg.v1.ChangeType."""
+
+    ALIAS_SET = 1
+    ALIAS_DELETED = 2
+    STAGE_CHANGED = 3
+    TRAFFIC_CHANGED = 4
+    POLICY_CHANGED = 5
+    MODEL_DELETED = 6
+
+
 @dataclass(frozen=True)
 class ModelRecord:
     """A stored model."""
@@ -33,6 +63,7 @@ class ModelRecord:
     revision: int
     create_time: datetime
     update_time: datetime
+    promotion_policy: PromotionPolicy = PromotionPolicy.STAGES_AND_ALIASES
 
 
 @dataclass(frozen=True)
@@ -42,6 +73,7 @@ class ModelFields:
     description: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     owner_team: str = ""
+    promotion_policy: PromotionPolicy = PromotionPolicy.STAGES_AND_ALIASES
 
 
 @dataclass(frozen=True)
@@ -79,6 +111,7 @@ class VersionRecord:
     revision: int
     create_time: datetime
     update_time: datetime
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,3 +120,106 @@ class Page(Generic[T]):
 
     items: list[T]
     next_page_token: str
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who makes a call: recorded with every change."""
+
+    principal: str
+    request_id: str = ""
+    peer: str = ""
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What an alias (or a route) resolves to."""
+
+    model_id: str
+    version: int
+    artifact_digest: str
+    stage: Stage
+    revision: int
+
+
+@dataclass(frozen=True)
+class AliasRecord:
+    """A stored alias with the state of the version it points at."""
+
+    model_id: str
+    alias: str
+    version: int
+    revision: int
+    updater: str
+    create_time: datetime
+    update_time: datetime
+    artifact_digest: str = ""
+    stage: Stage = Stage.NONE
+
+    def resolution(self) -> Resolution:
+        """The alias as a resolution."""
+        return Resolution(self.model_id, self.version, self.artifact_digest, self.stage, self.revision)
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """One entry of an alias's history; version None means deleted, previous None means created."""
+
+    model_id: str
+    alias: str
+    version: int | None
+    previous_version: int | None
+    actor: str
+    comment: str
+    revision: int
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class StageMove:
+    """One stage transition of a version."""
+
+    model_id: str
+    version: int
+    from_stage: Stage
+    to_stage: Stage
+    actor: str
+    comment: str
+    revision: int
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class Route:
+    """A traffic route: an alias or a pinned version, and its weight in percent."""
+
+    weight: int
+    alias: str | None = None
+    version: int | None = None
+
+
+@dataclass(frozen=True)
+class TrafficPolicyRecord:
+    """A model's traffic split."""
+
+    model_id: str
+    routes: tuple[Route, ...]
+    revision: int
+    updater: str
+    update_time: datetime | None
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of the change feed."""
+
+    revision: int
+    change_type: ChangeType
+    model_id: str
+    actor: str
+    create_time: datetime
+    alias: str | None = None
+    resolution: Resolution | None = None
+    previous_stage: Stage | None = None
+    routes: tuple[Route, ...] | None = None
+    policy: PromotionPolicy | None = None

@@ -24,6 +24,13 @@ Isolation = Literal["read_committed", "repeatable_read", "serializable"]
 
 # SQLSTATEs worth retrying inside the server before giving up with ABORTED.
 _RETRYABLE = {"40001", "40P01"}
+# Custom SQLSTATEs raised by the triggers that enforce registry invariants.
+_RULE_REASONS = {
+    "MR001": "IMMUTABLE_FIELD",
+    "MR002": "POLICY_FORBIDS_CHANGE",
+    "MR003": "VERSION_ARCHIVED",
+    "MR004": "STAGE_TRANSITION_NOT_ALLOWED",
+}
 _CONNECTION_CLASSES = ("08", "57P", "53")  # connection exceptions, admin shutdown, insufficient resources
 
 
@@ -60,8 +67,8 @@ def translate(exc: BaseException) -> errors.RegistryError | None:
             return errors.FailedPrecondition(f"referenced resource is missing: {detail}", "REFERENCE_MISSING")
         if state in _RETRYABLE:
             return errors.Aborted("concurrent modification; retry the call", "CONCURRENT_MODIFICATION")
-        if state == "MR001":
-            return errors.FailedPrecondition(detail, "IMMUTABLE_FIELD")
+        if state in _RULE_REASONS:
+            return errors.FailedPrecondition(detail, _RULE_REASONS[state])
         if state.startswith("22"):
             return errors.InvalidArgument(f"value rejected by the database: {detail}", "INVALID_VALUE")
         if state.startswith(_CONNECTION_CLASSES):

@@ -10,14 +10,14 @@ import asyncpg
 from modelreg_server.domain import errors
 from modelreg_server.domain.filtering import Node
 from modelreg_server.domain.ordering import OrderKey
-from modelreg_server.domain.records import ModelFields, ModelRecord
+from modelreg_server.domain.records import ModelFields, ModelRecord, PromotionPolicy
 from modelreg_server.storage.db import Connection
 from modelreg_server.storage.listing import ListingSpec, PageRows, fetch_page
 from modelreg_server.storage.sql_query import FieldSpec, Params
 
 _COLUMNS = (
     "m.model_id, m.uid::text AS uid, m.description, m.labels, m.owner_team, m.latest_version, "
-    "m.revision, m.create_time, m.update_time"
+    "m.revision, m.create_time, m.update_time, m.promotion_policy"
 )
 
 LISTING = ListingSpec(
@@ -28,6 +28,9 @@ LISTING = ListingSpec(
         "model_id": FieldSpec("string", "m.model_id"),
         "description": FieldSpec("string", "m.description"),
         "owner_team": FieldSpec("string", "m.owner_team"),
+        "promotion_policy": FieldSpec(
+            "enum", "m.promotion_policy", {f"PROMOTION_POLICY_{p.name}": int(p) for p in PromotionPolicy}
+        ),
         "labels": FieldSpec("labels", "m.labels"),
         "latest_version": FieldSpec("int", "m.latest_version"),
         "create_time": FieldSpec("timestamp", "m.create_time"),
@@ -45,7 +48,7 @@ LISTING = ListingSpec(
     tiebreak=("m.model_id",),
 )
 
-MUTABLE_COLUMNS = ("description", "labels", "owner_team")
+MUTABLE_COLUMNS = ("description", "labels", "owner_team", "promotion_policy")
 
 
 def _record(row: asyncpg.Record) -> ModelRecord:
@@ -59,6 +62,7 @@ def _record(row: asyncpg.Record) -> ModelRecord:
         revision=row["revision"],
         create_time=row["create_time"],
         update_time=row["update_time"],
+        promotion_policy=PromotionPolicy(row["promotion_policy"]),
     )
 
 
@@ -66,12 +70,13 @@ async def insert(conn: Connection, model_id: str, fields: ModelFields) -> ModelR
     """Inserts a model; ALREADY_EXISTS when the id is taken."""
     try:
         row = await conn.fetchrow(
-            "INSERT INTO models AS m (model_id, description, labels, owner_team) VALUES ($1, $2, $3, $4) "
-            f"RETURNING {_COLUMNS}",
+            "INSERT INTO models AS m (model_id, description, labels, owner_team, promotion_policy) "
+            f"VALUES ($1, $2, $3, $4, $5) RETURNING {_COLUMNS}",
             model_id,
             fields.description,
             fields.labels,
             fields.owner_team,
+            int(fields.promotion_policy),
         )
     except asyncpg.UniqueViolationError as exc:
         raise errors.AlreadyExists(

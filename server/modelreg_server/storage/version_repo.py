@@ -17,7 +17,9 @@ from modelreg_server.storage.sql_query import FieldSpec, Params
 _COLUMNS = (
     "v.model_id, v.version, v.run_id, v.description, v.labels, v.metrics, v.lineage, v.input_schema, "
     "v.output_schema, v.dependencies, v.artifact_digest, v.stage, v.creator, v.revision, v.create_time, "
-    "v.update_time"
+    "v.update_time, "
+    "ARRAY(SELECT a.alias FROM aliases a WHERE a.model_id = v.model_id AND a.version = v.version "
+    "ORDER BY a.alias) AS aliases"
 )
 
 STAGE_VALUES = {f"STAGE_{s.name}": int(s) for s in Stage}
@@ -74,6 +76,7 @@ def _record(row: asyncpg.Record) -> VersionRecord:
         revision=row["revision"],
         create_time=row["create_time"],
         update_time=row["update_time"],
+        aliases=tuple(row["aliases"]),
     )
 
 

@@ -52,6 +52,38 @@ STAGE_ARCHIVED: Stage.ValueType  # 4
 """Retired; cannot hold aliases or traffic."""
 Global___Stage: _TypeAlias = Stage  # noqa: Y015
 
+class _PromotionPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PromotionPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PromotionPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROMOTION_POLICY_UNSPECIFIED: _PromotionPolicy.ValueType  # 0
+    """Not set; treated as PROMOTION_POLICY_STAGES_AND_ALIASES."""
+    PROMOTION_POLICY_STAGES_AND_ALIASES: _PromotionPolicy.ValueType  # 1
+    """Stages and aliases (the default)."""
+    PROMOTION_POLICY_STAGES: _PromotionPolicy.ValueType  # 2
+    """Stage transitions only; alias and traffic changes are refused."""
+    PROMOTION_POLICY_ALIASES: _PromotionPolicy.ValueType  # 3
+    """Aliases and traffic policies only; stage transitions are refused."""
+    PROMOTION_POLICY_IMMUTABLE: _PromotionPolicy.ValueType  # 4
+    """Immutable: deployments pin versions or digests; every stage, alias or traffic change is refused."""
+
+class PromotionPolicy(_PromotionPolicy, metaclass=_PromotionPolicyEnumTypeWrapper):
+    """Which promotion patterns a model uses. Changing it is an audited change like any other."""
+
+PROMOTION_POLICY_UNSPECIFIED: PromotionPolicy.ValueType  # 0
+"""Not set; treated as PROMOTION_POLICY_STAGES_AND_ALIASES."""
+PROMOTION_POLICY_STAGES_AND_ALIASES: PromotionPolicy.ValueType  # 1
+"""Stages and aliases (the default)."""
+PROMOTION_POLICY_STAGES: PromotionPolicy.ValueType  # 2
+"""Stage transitions only; alias and traffic changes are refused."""
+PROMOTION_POLICY_ALIASES: PromotionPolicy.ValueType  # 3
+"""Aliases and traffic policies only; stage transitions are refused."""
+PROMOTION_POLICY_IMMUTABLE: PromotionPolicy.ValueType  # 4
+"""Immutable: deployments pin versions or digests; every stage, alias or traffic change is refused."""
+Global___PromotionPolicy: _TypeAlias = PromotionPolicy  # noqa: Y015
+
 @_typing.final
 class Model(_message.Message):
     """A registered model: a named family of versions."""
@@ -87,6 +119,7 @@ class Model(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     UID_FIELD_NUMBER: _builtins.int
+    PROMOTION_POLICY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `models/{model}`. Output only on create (set from model_id)."""
     description: _builtins.str
@@ -99,6 +132,8 @@ class Model(_message.Message):
     """Output only. Checksum of the current state; send it back on update/delete to detect races."""
     uid: _builtins.str
     """Output only. Server-assigned unique id; differs if a model is deleted and created again."""
+    promotion_policy: Global___PromotionPolicy.ValueType
+    """Promotion patterns the model allows."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Key/value labels, e.g. `team=fraud`. Keys: letter first, then letters, digits, `_`, `-`, `.`."""
@@ -123,10 +158,11 @@ class Model(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
         uid: _builtins.str = ...,
+        promotion_policy: Global___PromotionPolicy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "etag", b"etag", "labels", b"labels", "latest_version", b"latest_version", "name", b"name", "owner_team", b"owner_team", "uid", b"uid", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "etag", b"etag", "labels", b"labels", "latest_version", b"latest_version", "name", b"name", "owner_team", b"owner_team", "promotion_policy", b"promotion_policy", "uid", b"uid", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -430,6 +466,7 @@ class ModelVersion(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. Resource name, `models/{model}/versions/{version}`."""
     version: _builtins.int
@@ -478,6 +515,10 @@ class ModelVersion(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. Last update time."""
 
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Output only. Aliases pointing at this version, e.g. `champion`."""
+
     def __init__(
         self,
         *,
@@ -497,10 +538,11 @@ class ModelVersion(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        aliases: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "dependencies", b"dependencies", "input_schema", b"input_schema", "lineage", b"lineage", "output_schema", b"output_schema", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_digest", b"artifact_digest", "create_time", b"create_time", "creator", b"creator", "dependencies", b"dependencies", "description", b"description", "etag", b"etag", "input_schema", b"input_schema", "labels", b"labels", "lineage", b"lineage", "metrics", b"metrics", "name", b"name", "output_schema", b"output_schema", "run_id", b"run_id", "stage", b"stage", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "artifact_digest", b"artifact_digest", "create_time", b"create_time", "creator", b"creator", "dependencies", b"dependencies", "description", b"description", "etag", b"etag", "input_schema", b"input_schema", "labels", b"labels", "lineage", b"lineage", "metrics", b"metrics", "name", b"name", "output_schema", b"output_schema", "run_id", b"run_id", "stage", b"stage", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,1 @@
+"""Benchmarks for modelreg; run as scripts (`python bench/catalog.py`), never in CI."""

@@ -1,0 +1,159 @@
+"""modelreg.v1.ServingService: the serving fleet's hot path and the watch stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from modelreg.v1 import lifecycle_service_pb2 as pb
+from modelreg.v1 import lifecycle_service_pb2_grpc as pb_grpc
+from modelreg_server.api.lifecycle_convert import change_to_proto, resolution_to_proto, route_to_proto
+from modelreg_server.api.status import streaming, unary
+from modelreg_server.domain import errors
+from modelreg_server.domain.feed import Subscription
+from modelreg_server.domain.names import parse_alias_name, parse_model_name
+from modelreg_server.domain.serving import Serving
+
+Context = grpc.aio.ServicerContext[Any, Any]
+MAX_BATCH = 1000
+MAX_WATCHED_MODELS = 10_000
+
+
+class ServingServicer(pb_grpc.ServingServiceServicer):
+    """Resolves aliases and routes, and streams changes."""
+
+    def __init__(self, serving: Serving, heartbeat_interval: float = 5.0) -> None:
+        self._serving = serving
+        self._heartbeat = heartbeat_interval
+
+    @unary
+    async def ResolveAlias(
+        self, request: pb.ResolveAliasRequest, context: Context
+    ) -> pb.ResolveAliasResponse:
+        model_id, alias = parse_alias_name(request.name)
+        if request.HasField("as_of"):
+            at = request.as_of.ToDatetime().astimezone()
+            return resolution_to_proto(await self._serving.resolve_as_of(model_id, alias, at))
+        return resolution_to_proto(await self._serving.resolve(model_id, alias))
+
+    @unary
+    async def BatchResolveAliases(
+        self, request: pb.BatchResolveAliasesRequest, context: Context
+    ) -> pb.BatchResolveAliasesResponse:
+        if len(request.names) > MAX_BATCH:
+            raise errors.invalid("names", f"at most {MAX_BATCH} names")
+        results = []
+        for name in request.names:
+            try:
+                model_id, alias = parse_alias_name(name)
+                resolution = await self._serving.resolve(model_id, alias)
+            except (errors.InvalidArgument, errors.NotFound) as exc:
+                results.append(pb.ResolveResult(name=name[:200], error_reason=exc.reason))
+                continue
+            results.append(pb.ResolveResult(name=name, resolution=resolution_to_proto(resolution)))
+        return pb.BatchResolveAliasesResponse(results=results)
+
+    @unary
+    async def ResolveRoute(
+        self, request: pb.ResolveRouteRequest, context: Context
+    ) -> pb.ResolveRouteResponse:
+        model_id = parse_model_name(request.model, "model")
+        if len(request.routing_key) > 1024:
+            raise errors.invalid("routing_key", "at most 1024 characters")
+        resolution, route = await self._serving.resolve_route(model_id, request.routing_key)
+        return pb.ResolveRouteResponse(
+            resolution=resolution_to_proto(resolution), route=route_to_proto(model_id, route)
+        )
+
+    @streaming
+    async def WatchAliases(
+        self, request: pb.WatchAliasesRequest, context: Context
+    ) -> AsyncIterator[pb.WatchAliasesResponse]:
+        if len(request.models) > MAX_WATCHED_MODELS:
+            raise errors.invalid("models", f"at most {MAX_WATCHED_MODELS} models")
+        if request.since_revision < 0:
+            raise errors.invalid("since_revision", "must not be negative")
+        models = frozenset(parse_model_name(m, f"models[{i}]") for i, m in enumerate(request.models)) or None
+        feed = self._serving.feed
+        sub = feed.subscribe(models)
+        try:
+            sent = 0
+            async for message, revision in self._catch_up(request.since_revision, models):
+                sent = max(sent, revision)
+                yield message
+            yield pb.WatchAliasesResponse(revision=sent, heartbeat=True)
+            async for message in self._live(sub, sent):
+                yield message
+        finally:
+            feed.unsubscribe(sub)
+
+    async def _catch_up(
+        self, since: int, models: frozenset[str] | None
+    ) -> AsyncIterator[tuple[pb.WatchAliasesResponse, int]]:
+        """Replays stored changes after `since`, or sends a snapshot when they are gone or not asked for."""
+        oldest = await self._serving.oldest_retained_revision()
+        current = await self._serving.current_revision()
+        retained = (
+            since > 0
+            and since <= current
+            and (since == current or (oldest is not None and oldest <= since + 1))
+        )
+        if not retained:
+            first = True
+            async for revision, changes in self._serving.snapshot(sorted(models) if models else None):
+                message = pb.WatchAliasesResponse(
+                    changes=[change_to_proto(c) for c in changes],
+                    revision=revision,
+                    snapshot=True,
+                    reset=first,
+                )
+                first = False
+                yield message, revision
+            return
+        position = since
+        while True:
+            changes = await self._serving.changes_after(position)
+            if not changes:
+                return
+            position = changes[-1].revision
+            selected = [c for c in changes if models is None or c.model_id in models]
+            yield (
+                pb.WatchAliasesResponse(changes=[change_to_proto(c) for c in selected], revision=position),
+                position,
+            )
+
+    async def _live(self, sub: Subscription, sent: int) -> AsyncIterator[pb.WatchAliasesResponse]:
+        overflow = asyncio.ensure_future(sub.overflowed.wait())
+        try:
+            while True:
+                getter = asyncio.ensure_future(sub.queue.get())
+                done, _ = await asyncio.wait(
+                    {getter, overflow}, timeout=self._heartbeat, return_when=asyncio.FIRST_COMPLETED
+                )
+                if overflow in done:
+                    getter.cancel()
+                    raise errors.ResourceExhausted(
+                        "watcher fell too far behind; reconnect with since_revision to resume",
+                        "WATCHER_TOO_SLOW",
+                    )
+                if getter not in done:
+                    getter.cancel()
+                    yield pb.WatchAliasesResponse(
+                        revision=max(sent, self._serving.feed.last_revision), heartbeat=True
+                    )
+                    continue
+                batch = [getter.result()]
+                while not sub.queue.empty():
+                    batch.append(sub.queue.get_nowait())
+                fresh = [c for c in batch if c.revision > sent]
+                if fresh:
+                    sent = fresh[-1].revision
+                    yield pb.WatchAliasesResponse(changes=[change_to_proto(c) for c in fresh], revision=sent)
+        finally:
+            overflow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await overflow

@@ -1,0 +1,292 @@
+"""The S3 blob store: an async API over the synchronous minio SDK, run on a bounded thread pool.
+
+Keys: committed blobs live at `blobs/sha256/<2 hex>/<64 hex>`; uploads whose digest is not known in
+advance are assembled at `staging/<upload id>` and copied to their blob key once hashed. Every S3 error
+that means "storage cannot be reached or misbehaves" becomes errors.Unavailable; a missing object or
+upload becomes `Missing`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar, cast
+
+import urllib3
+from minio import Minio
+from minio.commonconfig import ComposeSource, CopySource
+from minio.datatypes import Part
+from minio.error import MinioException, S3Error
+
+from modelreg_server.domain import errors
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+BLOB_PREFIX = "blobs/sha256/"
+STAGING_PREFIX = "staging/"
+READ_CHUNK = 1024 * 1024
+_MISSING_CODES = frozenset({"NoSuchKey", "NoSuchUpload", "NoSuchObject"})
+
+
+class Missing(Exception):
+    """The object or multipart upload does not exist."""
+
+
+def blob_key(digest: str) -> str:
+    """The key of a committed blob: `blobs/sha256/ab/abcd…` for `sha256:abcd…`."""
+    hex_digest = digest.removeprefix("sha256:")
+    return f"{BLOB_PREFIX}{hex_digest[:2]}/{hex_digest}"
+
+
+def digest_of_key(key: str) -> str | None:
+    """The digest a blob key stands for, or None for any other key."""
+    if not key.startswith(BLOB_PREFIX):
+        return None
+    hex_digest = key.rsplit("/", 1)[-1]
+    return (
+        f"sha256:{hex_digest}" if key == blob_key(f"sha256:{hex_digest}") and len(hex_digest) == 64 else None
+    )
+
+
+def staging_key(upload_id: str) -> str:
+    """Where an upload of unknown digest is assembled."""
+    return f"{STAGING_PREFIX}{upload_id}"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """Size and age of a stored object."""
+
+    key: str
+    size: int
+    last_modified: datetime | None
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """An unfinished S3 multipart upload."""
+
+    key: str
+    upload_id: str
+    initiated: datetime | None
+
+
+def _translate(exc: Exception) -> Exception:
+    if isinstance(exc, S3Error):
+        if exc.code in _MISSING_CODES:
+            return Missing(exc.code)
+        return errors.Unavailable(
+            f"object storage refused the request: {exc.code}", "STORAGE_ERROR", {"s3_code": exc.code or ""}
+        )
+    if isinstance(exc, (MinioException, urllib3.exceptions.HTTPError, OSError)):
+        return errors.Unavailable("object storage unavailable; retry later", "STORAGE_UNAVAILABLE")
+    return exc
+
+
+class BlobStore:
+    """One bucket, with every minio call moved off the event loop."""
+
+    def __init__(self, client: Minio, bucket: str, *, max_workers: int = 16) -> None:
+        self._client = client
+        self.bucket = bucket
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="blobstore")
+        self._bucket_ready = False
+        self._bucket_lock = asyncio.Lock()
+
+    @classmethod
+    def connect(
+        cls, endpoint: str, access_key: str, secret_key: str, bucket: str, *, secure: bool = False
+    ) -> BlobStore:
+        """A store for an S3 endpoint (`host:port`); nothing is contacted yet."""
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5, read=120),
+            maxsize=32,
+            retries=urllib3.Retry(total=2, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]),
+        )
+        client = Minio(
+            endpoint,
+            access_key=access_key or None,
+            secret_key=secret_key or None,
+            secure=secure,
+            region="us-east-1",  # fixed, so presigning needs no GetBucketLocation round trip
+            http_client=http,
+        )
+        return cls(client, bucket)
+
+    def _submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    @staticmethod
+    async def _result(future: asyncio.Future[T]) -> T:
+        try:
+            return await future
+        except Exception as exc:
+            translated = _translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self._result(self._submit(fn, *args, **kwargs))
+
+    async def ready(self) -> None:
+        """Creates the bucket on first use; raises errors.Unavailable while S3 cannot be reached."""
+        if self._bucket_ready:
+            return
+        async with self._bucket_lock:
+            if self._bucket_ready:
+                return
+            if not await self._call(self._client.bucket_exists, self.bucket):
+                try:
+                    await self._call(self._client.make_bucket, self.bucket)
+                except errors.Unavailable as exc:
+                    # Another replica may have created it in the meantime.
+                    if not await self._call(self._client.bucket_exists, self.bucket):
+                        raise exc from None
+                log.info("created bucket %s", self.bucket)
+            self._bucket_ready = True
+
+    # --- multipart uploads -------------------------------------------------------------------------------
+
+    async def create_multipart(self, key: str) -> str:
+        """Starts a multipart upload to key; returns its S3 upload id."""
+        headers = {"Content-Type": "application/octet-stream"}
+        return await self._call(self._client._create_multipart_upload, self.bucket, key, headers)
+
+    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes | memoryview) -> str:
+        """Uploads one part (≥ 5 MiB unless last); returns its etag. `data` must not change until then."""
+        # minio declares bytes, but only hashes the body and hands it to urllib3, which take any buffer.
+        body = cast(bytes, data)
+        return await self._call(
+            self._client._upload_part, self.bucket, key, body, None, upload_id, part_number
+        )
+
+    async def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
+        """Assembles the listed parts (number, etag) into the object; only now does it appear."""
+        listed = [Part(number, etag) for number, etag in parts]
+        await self._call(self._client._complete_multipart_upload, self.bucket, key, upload_id, listed)
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Discards a multipart upload and its parts; an upload already gone is fine."""
+        with contextlib.suppress(Missing):
+            await self._call(self._client._abort_multipart_upload, self.bucket, key, upload_id)
+
+    async def list_multipart_uploads(self, prefix: str) -> list[PendingUpload]:
+        """Unfinished multipart uploads under prefix."""
+        found: list[PendingUpload] = []
+        key_marker: str | None = None
+        while True:
+            result = await self._call(
+                self._client._list_multipart_uploads, self.bucket, prefix=prefix, key_marker=key_marker
+            )
+            for upload in result.uploads:
+                if upload.upload_id:
+                    found.append(PendingUpload(upload.object_name, upload.upload_id, upload.initiated_time))
+            if not result.is_truncated or not result.next_key_marker or result.next_key_marker == key_marker:
+                return found
+            key_marker = result.next_key_marker
+
+    # --- whole objects -----------------------------------------------------------------------------------
+
+    async def put(self, key: str, data: bytes) -> None:
+        """Stores a small object in one request."""
+        await self._call(
+            self._client._put_object, self.bucket, key, data, {"Content-Type": "application/octet-stream"}
+        )
+
+    async def copy(self, source: str, target: str) -> None:
+        """Server-side copy (up to 5 GiB in one request; larger objects in copied parts)."""
+        info = await self.stat(source)
+        if info is None:
+            raise Missing(source)
+        if info.size <= 5 * 1024**3:
+            await self._call(self._client.copy_object, self.bucket, target, CopySource(self.bucket, source))
+        else:
+            await self._call(
+                self._client.compose_object, self.bucket, target, [ComposeSource(self.bucket, source)]
+            )
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        """Size and modification time, or None when absent."""
+        try:
+            result = await self._call(self._client.stat_object, self.bucket, key)
+        except Missing:
+            return None
+        return ObjectInfo(key, int(result.size or 0), result.last_modified)
+
+    async def remove(self, key: str) -> None:
+        """Deletes an object; deleting an absent one is fine."""
+        with contextlib.suppress(Missing):
+            await self._call(self._client.remove_object, self.bucket, key)
+
+    async def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        """Every object under prefix."""
+
+        def listing() -> list[ObjectInfo]:
+            return [
+                ObjectInfo(str(o.object_name), int(o.size or 0), o.last_modified)
+                for o in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
+            ]
+
+        return await self._call(listing)
+
+    async def read_all(self, key: str, limit: int) -> bytes:
+        """The whole object, refused (ValueError) when it is larger than limit bytes."""
+
+        def read() -> bytes:
+            response = self._client.get_object(self.bucket, key)
+            try:
+                data = response.read(limit + 1)
+                if len(data) > limit:
+                    raise ValueError(f"object larger than {limit} bytes")
+                return bytes(data)
+            finally:
+                response.close()
+                response.release_conn()
+
+        return await self._call(read)
+
+    async def stream(self, key: str, offset: int, length: int) -> AsyncIterator[bytes]:
+        """Yields bytes [offset, offset+length) in chunks of READ_CHUNK, reading one chunk ahead."""
+        if length <= 0:
+            return
+        response = await self._call(self._client.get_object, self.bucket, key, offset=offset, length=length)
+        remaining = length
+        pending: asyncio.Future[bytes] | None = self._submit(response.read, min(READ_CHUNK, remaining))
+        try:
+            while pending is not None:
+                chunk = await self._result(pending)
+                pending = None
+                if not chunk:
+                    raise errors.DataLoss(f"object {key} ended early", "BLOB_TRUNCATED", {"key": key})
+                remaining -= len(chunk)
+                if remaining > 0:
+                    pending = self._submit(response.read, min(READ_CHUNK, remaining))
+                yield bytes(chunk)
+        finally:
+            if pending is not None:
+                # Never close the response under a read still running in a worker thread.
+                await asyncio.wait([pending])
+            response.close()
+            response.release_conn()
+
+    async def presigned_get(self, key: str, expires: timedelta) -> str:
+        """A URL that GETs the object without credentials until it expires."""
+        return await self._call(self._client.presigned_get_object, self.bucket, key, expires=expires)
+
+    async def probe(self) -> None:
+        """One cheap request: raises errors.Unavailable when S3 does not answer."""
+        await self._call(self._client.bucket_exists, self.bucket)
+
+    def close(self) -> None:
+        """Stops the worker threads once their current calls end."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
