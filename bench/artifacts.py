@@ -232,6 +232,11 @@ def run(size_mib: int) -> dict[str, Any]:
         log(f"writing {size_mib} MiB of random bytes")
         _write_random_file(source, size)
 
+        # SeaweedFS allocates volumes on its first writes; warm it up so that order does not decide.
+        warmup = scratch / "warmup.bin"
+        _write_random_file(warmup, 64 * MiB)
+        clients.submit(client_direct, s3.endpoint, s3.access_key, s3.secret_key, str(warmup), 16).result()
+        warmup.unlink()
         direct = []
         for part_mib in DIRECT_PART_SIZES_MIB:
             log(f"direct S3 put/get, {part_mib} MiB parts")

@@ -45,6 +45,9 @@ from bench.common import (
     LoadResult,
     LoadRunner,
     Op,
+    analyze_database,
+    bearer,
+    bootstrap_admin_token,
     emit_json,
     latency_summary,
     log,
@@ -171,6 +174,8 @@ class CatalogWorkload:
     versions: int
     spread_models: int
     page_size: int
+    # Sent with every call, to the empty handler too, so both sides of the comparison carry it.
+    metadata: tuple[tuple[str, str], ...]
 
     def _callable(
         self, channel: grpc.aio.Channel, request_type: Any, response_type: Any
@@ -187,25 +192,26 @@ class CatalogWorkload:
 
     def caller(self, channel: grpc.aio.Channel, client: int, rng: random.Random) -> Op:
         """The op of one client: build a request, call, parse the response."""
+        meta = self.metadata
         if self.kind in ("create", "create_spread"):
             model = CREATE_MODEL if self.kind == "create" else spread_model(client % self.spread_models)
             create = self._callable(channel, pb.CreateModelVersionRequest, model_pb2.ModelVersion)
 
             async def create_op() -> object:
-                return await create(version_request(model, rng), timeout=CALL_TIMEOUT_S)
+                return await create(version_request(model, rng), timeout=CALL_TIMEOUT_S, metadata=meta)
 
             return create_op
         if self.kind == "get":
             get = self._callable(channel, pb.GetModelVersionRequest, model_pb2.ModelVersion)
 
             async def get_op() -> object:
-                return await get(get_request(self.versions, rng), timeout=CALL_TIMEOUT_S)
+                return await get(get_request(self.versions, rng), timeout=CALL_TIMEOUT_S, metadata=meta)
 
             return get_op
         listing = self._callable(channel, pb.ListModelVersionsRequest, pb.ListModelVersionsResponse)
 
         async def list_op() -> object:
-            response = await listing(list_request(self.page_size), timeout=CALL_TIMEOUT_S)
+            response = await listing(list_request(self.page_size), timeout=CALL_TIMEOUT_S, metadata=meta)
             if len(response.model_versions) != self.page_size:
                 raise RuntimeError(f"short page: {len(response.model_versions)} versions")
             return response
@@ -218,7 +224,9 @@ class CatalogWorkload:
 # --------------------------------------------------------------------------------------------------
 
 
-async def _seed(stubs: list[Any], model_id: str, count: int, clients: int) -> float:
+async def _seed(
+    stubs: list[Any], model_id: str, count: int, clients: int, metadata: tuple[tuple[str, str], ...]
+) -> float:
     """Registers `count` versions of `model_id` through the RPC with `clients` concurrent clients."""
     numbers = iter(range(count))
 
@@ -226,14 +234,18 @@ async def _seed(stubs: list[Any], model_id: str, count: int, clients: int) -> fl
         rng = random.Random(index)
         stub = stubs[index % len(stubs)]
         for _ in numbers:  # one iterator shared by every client: each number is taken exactly once
-            await stub.CreateModelVersion(version_request(model_id, rng), timeout=CALL_TIMEOUT_S)
+            await stub.CreateModelVersion(
+                version_request(model_id, rng), timeout=CALL_TIMEOUT_S, metadata=metadata
+            )
 
     began = time.monotonic()
     await asyncio.gather(*(client(i) for i in range(clients)))
     return time.monotonic() - began
 
 
-async def prepare(address: str, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, bytes]]:
+async def prepare(
+    address: str, database_url: str, meta: tuple[tuple[str, str], ...], args: argparse.Namespace
+) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Creates the models and seeds the listing model; returns the setup facts and the empty handler's
     payloads (a captured response per RPC)."""
     channels = [grpc.aio.insecure_channel(address) for _ in range(args.channels)]
@@ -246,25 +258,27 @@ async def prepare(address: str, args: argparse.Namespace) -> tuple[dict[str, Any
                 pb.CreateModelRequest(
                     model_id=model_id,
                     model=model_pb2.Model(description="benchmark model", labels={"team": "risk"}),
-                )
+                ),
+                metadata=meta,
             )
         log(f"seeding {args.seed_versions} versions of models/{LIST_MODEL} with 16 concurrent clients ...")
-        seed_s = await _seed(stubs, LIST_MODEL, args.seed_versions, clients=16)
+        seed_s = await _seed(stubs, LIST_MODEL, args.seed_versions, 16, meta)
         log(f"seeded in {seed_s:.1f} s ({args.seed_versions / seed_s:.0f} registrations/s)")
+        await analyze_database(database_url)
 
         rng = random.Random(0)
         create_req = version_request(CREATE_MODEL, rng)
-        created = await stub.CreateModelVersion(create_req)
+        created = await stub.CreateModelVersion(create_req, metadata=meta)
         get_req = get_request(1, rng)
-        got = await stub.GetModelVersion(get_req)
+        got = await stub.GetModelVersion(get_req, metadata=meta)
         list_req = list_request(args.page_size)
-        page = await stub.ListModelVersions(list_req)
+        page = await stub.ListModelVersions(list_req, metadata=meta)
         if len(page.model_versions) != args.page_size or not page.next_page_token:
             raise RuntimeError(f"the filter matched only {len(page.model_versions)} versions; seed more")
         matches = 0
         request = list_request(1000)
         while True:
-            response = await stub.ListModelVersions(request)
+            response = await stub.ListModelVersions(request, metadata=meta)
             matches += len(response.model_versions)
             if not response.next_page_token:
                 break
@@ -285,6 +299,7 @@ async def prepare(address: str, args: argparse.Namespace) -> tuple[dict[str, Any
             "seed_clients": 16,
             "seed_seconds": round(seed_s, 2),
             "seed_registrations_per_s": round(args.seed_versions / seed_s, 1),
+            "analyzed_after_seeding": True,
             "list_filter": LIST_FILTER,
             "list_filter_matches": matches,
             "message_sizes": sizes,
@@ -310,12 +325,19 @@ def _reference_summary(result: LoadResult) -> dict[str, Any]:
 
 
 def _measure(
-    runner: LoadRunner, args: argparse.Namespace, kind: Kind, concurrency: int, addresses: dict[bool, str]
+    runner: LoadRunner,
+    args: argparse.Namespace,
+    kind: Kind,
+    concurrency: int,
+    addresses: dict[bool, str],
+    meta: tuple[tuple[str, str], ...],
 ) -> dict[str, Any]:
     """The registry and the empty handler, back to back, under the same load."""
     measured: dict[bool, LoadResult] = {}
     for reference in (True, False):
-        workload = CatalogWorkload(kind, reference, args.seed_versions, args.spread_models, args.page_size)
+        workload = CatalogWorkload(
+            kind, reference, args.seed_versions, args.spread_models, args.page_size, meta
+        )
         target = "empty handler" if reference else "registry"
         log(f"{kind} x{concurrency} -> {target} ...")
         measured[reference] = runner.run(workload, addresses[reference], concurrency)
@@ -372,9 +394,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with sigterm_as_interrupt(), contextlib.ExitStack() as stack:
             database = stack.enter_context(provision_database())
+            meta = bearer(bootstrap_admin_token(database.url, work))
             server = stack.enter_context(start_registry_server(database.url, work / "server.log"))
             log(f"modelreg-server pid {server.pid} on {server.address}")
-            setup, payloads = asyncio.run(prepare(server.address, args))
+            setup, payloads = asyncio.run(prepare(server.address, database.url, meta, args))
             (work / "payloads").mkdir()
             for name, body in payloads.items():
                 (work / "payloads" / f"{name}.bin").write_bytes(body)
@@ -394,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(runner.close)
             addresses = {False: server.address, True: empty.address}
             results = [
-                _measure(runner, args, kind, concurrency, addresses)
+                _measure(runner, args, kind, concurrency, addresses, meta)
                 for kind in args.kinds
                 for concurrency in args.concurrency_levels
                 if not (kind == "create_spread" and concurrency == 1)

@@ -308,6 +308,26 @@ def start_registry_server(database_url: str, log_path: Path, **settings: str) ->
     return ListeningProcess("modelreg-server", argv, log_path=log_path, env=env)
 
 
+def bootstrap_admin_token(database_url: str, work_dir: Path) -> str:
+    """Creates the first admin principal of a fresh database; returns its bearer token.
+
+    The token goes through a mode-600 file in `work_dir` rather than a pipe, so it never lands in a log.
+    """
+    token_file = work_dir / "admin.token"
+    argv = [sys.executable, "-m", "modelreg_server", "bootstrap-admin", "--database-url", database_url]
+    done = subprocess.run(
+        [*argv, "--output", str(token_file)], capture_output=True, text=True, timeout=120, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bootstrap-admin failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    return token_file.read_text().strip()
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata that authenticates as `token`."""
+    return (("authorization", f"Bearer {token}"),)
+
+
 def start_empty_server(payload_dir: Path, log_path: Path) -> ListeningProcess:
     """The reference server of `bench.empty_server`, serving the payloads in `payload_dir`."""
     argv = [sys.executable, "-m", "bench.empty_server", "--payload-dir", str(payload_dir)]
@@ -378,6 +398,19 @@ async def _drop(admin_url: str, name: str) -> None:
     conn = await asyncpg.connect(admin_url, timeout=10)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def analyze_database(url: str) -> None:
+    """Refreshes planner statistics after seeding, as autovacuum would have done on a long-lived database.
+
+    Without it, a table filled seconds ago may still carry the statistics of an empty one, and which plan
+    a listing gets would depend on whether autovacuum happened to run during the benchmark.
+    """
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        await conn.execute("ANALYZE")
     finally:
         await conn.close()
 

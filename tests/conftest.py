@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +18,26 @@ from tests.support.services import provision_database
 def database_url() -> Iterator[str]:
     """URL of a database created for this test session and dropped afterwards."""
     yield from provision_database()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def admin_token(database_url: str) -> Iterator[str]:
+    """A bootstrap admin token for the session, also exported as MODELREG_TOKEN for the SDK and CLI."""
+    result = subprocess.run(
+        [sys.executable, "-m", "modelreg_server", "bootstrap-admin", "--database-url", database_url],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    token = result.stdout.strip().splitlines()[-1]
+    previous = os.environ.get("MODELREG_TOKEN")
+    os.environ["MODELREG_TOKEN"] = token
+    yield token
+    if previous is None:
+        os.environ.pop("MODELREG_TOKEN", None)
+    else:
+        os.environ["MODELREG_TOKEN"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,15 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from modelreg.v1 import (
+    access_service_pb2,
+    access_service_pb2_grpc,
     artifact_service_pb2,
     artifact_service_pb2_grpc,
     lifecycle_service_pb2,
@@ -19,12 +22,15 @@ from modelreg.v1 import (
     model_registry_service_pb2,
     model_registry_service_pb2_grpc,
 )
+from modelreg_server.api.access_servicer import AccessServicer
 from modelreg_server.api.artifact_servicer import ArtifactServicer
 from modelreg_server.api.lifecycle_servicer import LifecycleServicer
 from modelreg_server.api.registry_servicer import RegistryServicer
 from modelreg_server.api.serving_servicer import ServingServicer
 from modelreg_server.config import Settings
+from modelreg_server.domain.access import AccessControl
 from modelreg_server.domain.artifacts import open_artifacts
+from modelreg_server.domain.audit import AuditLog
 from modelreg_server.domain.catalog import Catalog
 from modelreg_server.domain.errors import RegistryError
 from modelreg_server.domain.feed import ChangeFeed
@@ -42,6 +48,7 @@ SERVICE_NAMES = (
     artifact_service_pb2.DESCRIPTOR.services_by_name["ArtifactService"].full_name,
     lifecycle_service_pb2.DESCRIPTOR.services_by_name["LifecycleService"].full_name,
     lifecycle_service_pb2.DESCRIPTOR.services_by_name["ServingService"].full_name,
+    access_service_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
 )
 
 
@@ -66,6 +73,19 @@ async def open_database(settings: Settings) -> Database:
     return db
 
 
+def _bind(server: grpc.aio.Server, settings: Settings) -> int:
+    """Listens in plaintext, or with TLS when a certificate is configured (mTLS with a client CA)."""
+    if not settings.tls_cert:
+        return server.add_insecure_port(settings.listen)
+    client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+    credentials = grpc.ssl_server_credentials(
+        [(Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+    return server.add_secure_port(settings.listen, credentials)
+
+
 async def serve(settings: Settings) -> int:
     """Runs until SIGTERM/SIGINT; returns the process exit code."""
     try:
@@ -84,25 +104,33 @@ async def serve(settings: Settings) -> int:
         cache.invalidate(model_id, revision)
         feed.wake()
 
+    audit_log = AuditLog(db, tokens)
+    access = AccessControl(db, audit_log)
+    catalog = Catalog(db, tokens, on_commit=committed)
     model_registry_service_pb2_grpc.add_ModelRegistryServiceServicer_to_server(
-        RegistryServicer(Catalog(db, tokens, on_commit=committed)), server
+        RegistryServicer(catalog, access), server
     )
     lifecycle_service_pb2_grpc.add_LifecycleServiceServicer_to_server(
-        LifecycleServicer(Lifecycle(db, tokens, on_commit=committed)), server
+        LifecycleServicer(Lifecycle(db, tokens, on_commit=committed), catalog, access), server
     )
     lifecycle_service_pb2_grpc.add_ServingServiceServicer_to_server(
-        ServingServicer(Serving(db, feed, cache), settings.watch_heartbeat_s), server
+        ServingServicer(Serving(db, feed, cache), access, settings.watch_heartbeat_s), server
+    )
+    access_service_pb2_grpc.add_AccessServiceServicer_to_server(
+        AccessServicer(access, audit_log, tokens), server
     )
     artifacts = await open_artifacts(settings, db)
-    artifact_service_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(artifacts), server)
+    artifact_service_pb2_grpc.add_ArtifactServiceServicer_to_server(
+        ArtifactServicer(artifacts, access), server
+    )
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs lacks aio
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
-        port = server.add_insecure_port(settings.listen)
-    except RuntimeError as exc:
+        port = _bind(server, settings)
+    except (RuntimeError, OSError) as exc:
         print(f"modelreg-server: cannot listen on {settings.listen}: {exc}", file=sys.stderr)
         await db.close()
         return 2

@@ -31,6 +31,11 @@ class Settings:
     shutdown_grace_s: float = 10.0
     # Interval of WatchAliases heartbeats (also the longest a quiet watcher waits to learn the revision).
     watch_heartbeat_s: float = 5.0
+    # TLS: server certificate and key (PEM files); with a client CA, clients must present certificates
+    # (mTLS) and a certificate's common name authenticates as the principal of that id.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -47,6 +52,9 @@ class Settings:
             "db_pool_size": int(env.get("MODELREG_DB_POOL_SIZE", "16")),
             "max_connection_age_s": int(env.get("MODELREG_MAX_CONNECTION_AGE_S", "1800")),
             "watch_heartbeat_s": float(env.get("MODELREG_WATCH_HEARTBEAT_S", "5")),
+            "tls_cert": env.get("MODELREG_TLS_CERT", ""),
+            "tls_key": env.get("MODELREG_TLS_KEY", ""),
+            "tls_client_ca": env.get("MODELREG_TLS_CLIENT_CA", ""),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

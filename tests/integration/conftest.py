@@ -19,10 +19,10 @@ def s3() -> Iterator[SeaweedS3]:
 
 
 @pytest.fixture(scope="session")
-def server_env(database_url: str, s3: SeaweedS3) -> dict[str, str]:
-    """Environment for server processes of this session: the database and S3."""
+def server_env(server_env: dict[str, str], s3: SeaweedS3) -> dict[str, str]:
+    """The environment of tests/conftest.py (database and the rest), plus S3."""
     return {
-        "MODELREG_DATABASE_URL": database_url,
+        **server_env,
         "MODELREG_S3_ENDPOINT": s3.endpoint,
         "MODELREG_S3_ACCESS_KEY": s3.access_key,
         "MODELREG_S3_SECRET_KEY": s3.secret_key,

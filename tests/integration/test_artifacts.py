@@ -29,6 +29,7 @@ from modelreg_server.domain.manifest import Manifest, ManifestFile, canonical_by
 from modelreg_server.storage.blobstore import BlobStore, blob_key
 from modelreg_server.storage.db import Connection, Database, create_pool
 from tests.integration.conftest import TEST_BUCKET
+from tests.support.rpc import channel as open_channel
 from tests.support.rpc import fails
 from tests.support.server import ServerProcess
 
@@ -95,13 +96,13 @@ async def eventually(check: Callable[[], Awaitable[T]], *, within: float = 15.0)
 
 @pytest.fixture
 async def stub(server_address: str) -> AsyncIterator[Stub]:
-    async with grpc.aio.insecure_channel(server_address) as channel:
+    async with open_channel(server_address) as channel:
         yield ArtifactServiceStub(channel)
 
 
 @pytest.fixture
 async def registry(server_address: str) -> AsyncIterator[RegistryStub]:
-    async with grpc.aio.insecure_channel(server_address) as channel:
+    async with open_channel(server_address) as channel:
         yield ModelRegistryServiceStub(channel)
 
 
@@ -563,7 +564,7 @@ async def test_server_killed_mid_upload_leaves_nothing_visible(
     replica = start_replica()
     data = os.urandom(3 * PART)
     digest = sha(data)
-    async with grpc.aio.insecure_channel(replica.address) as channel:
+    async with open_channel(replica.address) as channel:
         doomed: Stub = ArtifactServiceStub(channel)
         call = open_upload(doomed)
         await call.write(header(digest, len(data)))
@@ -601,7 +602,7 @@ async def test_without_s3_the_service_says_so(
     env = {**server_env, "MODELREG_S3_ENDPOINT": ""}
     unconfigured = ServerProcess(env, tmp_path / "no-s3.log")  # type: ignore[operator]
     try:
-        async with grpc.aio.insecure_channel(unconfigured.address) as channel:
+        async with open_channel(unconfigured.address) as channel:
             failure = await fails(ArtifactServiceStub(channel).StatBlob(pb.StatBlobRequest(digest=sha(b""))))
         assert (failure.code, failure.reason) == (Code.FAILED_PRECONDITION, "STORAGE_NOT_CONFIGURED")
     finally:
@@ -612,7 +613,7 @@ async def test_s3_down_is_unavailable(server_env: dict[str, str], tmp_path: pyte
     env = {**server_env, "MODELREG_S3_ENDPOINT": "127.0.0.1:9"}  # discard port: nothing listens
     unreachable = ServerProcess(env, tmp_path / "s3-down.log")  # type: ignore[operator]
     try:
-        async with grpc.aio.insecure_channel(unreachable.address) as channel:
+        async with open_channel(unreachable.address) as channel:
             artifact_stub: Stub = ArtifactServiceStub(channel)
             failure = await fails(
                 artifact_stub.FindMissingBlobs(pb.FindMissingBlobsRequest(digests=[sha(b"")]))

@@ -15,6 +15,7 @@ from google.protobuf import field_mask_pb2
 from modelreg.v1 import model_pb2
 from modelreg.v1 import model_registry_service_pb2 as pb
 from modelreg.v1.model_registry_service_pb2_grpc import ModelRegistryServiceStub
+from tests.support.rpc import channel as open_channel
 from tests.support.rpc import fails
 from tests.support.server import ServerProcess
 
@@ -31,7 +32,7 @@ def new_id(prefix: str = "m") -> str:
 
 @pytest.fixture
 async def stub(server_address: str) -> AsyncIterator[AsyncStub]:
-    async with grpc.aio.insecure_channel(server_address) as channel:
+    async with open_channel(server_address) as channel:
         yield ModelRegistryServiceStub(channel)
 
 
@@ -114,8 +115,8 @@ async def test_concurrent_registrations_across_two_replicas_are_gap_free(
 ) -> None:
     replica = start_replica()
     async with (
-        grpc.aio.insecure_channel(server_address) as first,
-        grpc.aio.insecure_channel(replica.address) as second,
+        open_channel(server_address) as first,
+        open_channel(replica.address) as second,
     ):
         stubs = [ModelRegistryServiceStub(first), ModelRegistryServiceStub(second)]
         model_id = await make_model(stubs[0])
@@ -172,7 +173,7 @@ async def test_version_metadata_round_trips(stub: AsyncStub) -> None:
         pb.CreateModelVersionRequest(parent=f"models/{model_id}", model_version=mv)
     )
     assert created.version == 2
-    assert created.creator == "anonymous"  # set by the server, never taken from the client
+    assert created.creator == "admin"  # the authenticated principal, never taken from the client
     assert created.stage == model_pb2.STAGE_NONE  # output only
     for field in ("run_id", "description", "labels", "metrics", "lineage", "input_schema", "output_schema"):
         assert getattr(created, field) == getattr(mv, field), field

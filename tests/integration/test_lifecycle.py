@@ -19,6 +19,7 @@ from modelreg.v1 import model_pb2
 from modelreg.v1 import model_registry_service_pb2 as pb
 from modelreg.v1.lifecycle_service_pb2_grpc import LifecycleServiceStub, ServingServiceStub
 from modelreg.v1.model_registry_service_pb2_grpc import ModelRegistryServiceStub
+from tests.support.rpc import channel as open_channel
 from tests.support.rpc import fails
 from tests.support.server import ServerProcess
 
@@ -86,7 +87,7 @@ class Client:
 
 @pytest.fixture
 async def client(server_address: str) -> AsyncIterator[Client]:
-    async with grpc.aio.insecure_channel(server_address) as channel:
+    async with open_channel(server_address) as channel:
         yield Client(channel)
 
 
@@ -120,7 +121,7 @@ async def test_stage_moves_follow_the_documented_graph(client: Client) -> None:
         ("1", NONE, STAGING),
     ]
     assert all(
-        t.actor == "anonymous" and t.comment == "c" and t.revision > 0 for t in history.stage_transitions
+        t.actor == "admin" and t.comment == "c" and t.revision > 0 for t in history.stage_transitions
     )
     assert [t.revision for t in history.stage_transitions] == sorted(
         (t.revision for t in history.stage_transitions), reverse=True
@@ -132,8 +133,8 @@ async def test_one_production_version_under_100_concurrent_promotions_on_two_rep
 ) -> None:
     replica = start_replica()
     async with (
-        grpc.aio.insecure_channel(server_address) as first,
-        grpc.aio.insecure_channel(replica.address) as second,
+        open_channel(server_address) as first,
+        open_channel(replica.address) as second,
     ):
         clients = [Client(first), Client(second)]
         model_id = await clients[0].model(versions=100)
@@ -403,7 +404,7 @@ async def test_resolve_reads_its_own_writes_and_other_replicas_follow(
 ) -> None:
     model_id = await client.model()
     replica = start_replica()
-    async with grpc.aio.insecure_channel(replica.address) as channel:
+    async with open_channel(replica.address) as channel:
         other = Client(channel)
         await client.set_alias(model_id, "champion", 1)
         assert (await other.resolve(model_id, "champion")).version == 1  # warms the other replica's cache

@@ -320,8 +320,8 @@ def test_versions_create_passes_options(
 def test_get_prints_fields(fake_registry: type[_FakeRegistry], capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["models", "get", "fraud"]) == 0
     out = capsys.readouterr().out
-    assert "name            models/fraud" in out.splitlines()
-    assert "owner_team      risk" in out.splitlines()
+    assert any(line.split() == ["name", "models/fraud"] for line in out.splitlines())
+    assert any(line.split() == ["owner_team", "risk"] for line in out.splitlines())
 
 
 def test_delete(fake_registry: type[_FakeRegistry], capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,11 +8,12 @@ with Registry() as registry:
     version = registry.create_model_version("fraud", run_id="run-42", metrics={"auc": 0.93})
 ```
 
-Methods return the generated protobuf messages re-exported here (`Model`, `ModelVersion`, ...).
+Methods return the generated protobuf messages re-exported here (`Model`, `ModelVersion`, `Alias`, ...).
+Serving processes resolve aliases from memory with :class:`modelreg.resolver.AliasResolver`.
 """
 
+from modelreg._core import ABSENT, ClientConfig, model_name, version_name
 from modelreg._core import SDK_VERSION as __version__
-from modelreg._core import ClientConfig, model_name, version_name
 from modelreg.aio import AsyncRegistry
 from modelreg.client import Registry
 from modelreg.errors import (
@@ -32,6 +33,15 @@ from modelreg.errors import (
     Unauthenticated,
     Unavailable,
 )
+from modelreg.resolver import AliasResolver, AsyncAliasResolver
+from modelreg.v1.lifecycle_service_pb2 import (
+    Alias,
+    Change,
+    ChangeType,
+    ResolveAliasResponse,
+    TrafficPolicy,
+    TrafficRoute,
+)
 from modelreg.v1.model_pb2 import (
     CodeRef,
     DatasetRef,
@@ -40,15 +50,22 @@ from modelreg.v1.model_pb2 import (
     Model,
     ModelVersion,
     PackageRequirement,
+    PromotionPolicy,
     Schema,
     SchemaField,
     Stage,
 )
 
 __all__ = [
+    "ABSENT",
+    "Alias",
+    "AliasResolver",
     "AlreadyExists",
+    "AsyncAliasResolver",
     "AsyncRegistry",
     "Cancelled",
+    "Change",
+    "ChangeType",
     "ClientConfig",
     "CodeRef",
     "Conflict",
@@ -67,11 +84,15 @@ __all__ = [
     "OutOfRange",
     "PackageRequirement",
     "PermissionDenied",
+    "PromotionPolicy",
     "Registry",
+    "ResolveAliasResponse",
     "ResourceExhausted",
     "Schema",
     "SchemaField",
     "Stage",
+    "TrafficPolicy",
+    "TrafficRoute",
     "Unauthenticated",
     "Unavailable",
     "__version__",

@@ -2,27 +2,86 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import grpc
 import grpc.aio
+from google.protobuf import timestamp_pb2
 
 from modelreg import _core
-from modelreg._core import ChannelOption, ClientConfig
-from modelreg.errors import from_rpc_error
+from modelreg._core import (
+    AliasRef,
+    ChannelOption,
+    ClientConfig,
+    ExpectedLike,
+    StageLike,
+    TrafficRoutes,
+    VersionLike,
+)
+from modelreg.errors import Cancelled, from_rpc_error
+from modelreg.v1 import lifecycle_service_pb2 as lifecycle_pb2
+from modelreg.v1 import lifecycle_service_pb2_grpc as lifecycle_pb2_grpc
 from modelreg.v1 import model_pb2
 from modelreg.v1 import model_registry_service_pb2 as service_pb2
 from modelreg.v1 import model_registry_service_pb2_grpc as service_pb2_grpc
 
 if TYPE_CHECKING:
+    from modelreg.v1.lifecycle_service_pb2_grpc import LifecycleServiceAsyncStub, ServingServiceAsyncStub
     from modelreg.v1.model_registry_service_pb2_grpc import ModelRegistryServiceAsyncStub
 
-__all__ = ["AsyncRegistry"]
+__all__ = ["AsyncRegistry", "AsyncWatchStream"]
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
+
+
+class AsyncWatchStream(AsyncIterator[lifecycle_pb2.WatchAliasesResponse]):
+    """The messages of one WatchAliases stream (`async for`), as returned by
+    :meth:`AsyncRegistry.watch_aliases`; errors and :meth:`cancel` behave as in
+    :class:`modelreg.client.WatchStream`."""
+
+    def __init__(
+        self,
+        call: grpc.aio.UnaryStreamCall[lifecycle_pb2.WatchAliasesRequest, lifecycle_pb2.WatchAliasesResponse],
+    ) -> None:
+        self._call = call
+        self._cancelled = False
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> lifecycle_pb2.WatchAliasesResponse:
+        try:
+            message = await self._call.read()
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from err
+        except asyncio.CancelledError:
+            # grpc.aio reports a locally cancelled call as CancelledError; only a cancellation of the
+            # reading task itself must propagate as such.
+            task = asyncio.current_task()
+            if not self._cancelled or (task is not None and task.cancelling()):
+                raise
+            raise Cancelled("watch stream cancelled", code=grpc.StatusCode.CANCELLED) from None
+        if not isinstance(message, lifecycle_pb2.WatchAliasesResponse):  # grpc.aio.EOF
+            raise StopAsyncIteration
+        return message
+
+    def cancel(self) -> None:
+        """End the stream; a pending read raises Cancelled."""
+        self._cancelled = True
+        self._call.cancel()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.cancel()
 
 
 class AsyncRegistry:
@@ -66,6 +125,8 @@ class AsyncRegistry:
         else:
             self._channel = grpc.aio.secure_channel(self.config.address, credentials, options=channel_options)
         self._stub: ModelRegistryServiceAsyncStub = service_pb2_grpc.ModelRegistryServiceStub(self._channel)
+        self._lifecycle: LifecycleServiceAsyncStub = lifecycle_pb2_grpc.LifecycleServiceStub(self._channel)
+        self._serving: ServingServiceAsyncStub = lifecycle_pb2_grpc.ServingServiceStub(self._channel)
 
     @property
     def address(self) -> str:
@@ -216,3 +277,137 @@ class AsyncRegistry:
         """Update the description and/or labels of a version; a stale `etag` raises Conflict."""
         request = _core.update_model_version_request(name, description=description, labels=labels, etag=etag)
         return await self._call(self._stub.UpdateModelVersion, request)
+
+    # --- stages ----------------------------------------------------------------------------------------
+
+    async def transition_stage(
+        self, version: str, stage: StageLike, *, archive_existing: bool = False, comment: str = ""
+    ) -> model_pb2.ModelVersion:
+        """Move a version to another stage (see :meth:`modelreg.Registry.transition_stage`)."""
+        request = _core.transition_stage_request(
+            version, stage, archive_existing=archive_existing, comment=comment
+        )
+        return await self._call(self._lifecycle.TransitionModelVersionStage, request)
+
+    def list_stage_transitions(
+        self, model_or_version: str, *, page_size: int = 0
+    ) -> AsyncIterator[lifecycle_pb2.StageTransition]:
+        """Iterate (`async for`) over the stage transitions of a model or one version, newest first."""
+        request = _core.list_stage_transitions_request(model_or_version, page_size=page_size)
+        return self._iter_transitions(request)
+
+    async def _iter_transitions(
+        self, request: lifecycle_pb2.ListStageTransitionsRequest
+    ) -> AsyncIterator[lifecycle_pb2.StageTransition]:
+        while True:
+            response = await self._call(self._lifecycle.ListStageTransitions, request)
+            for transition in response.stage_transitions:
+                yield transition
+            if not response.next_page_token:
+                return
+            request = _core.next_page_request(request, response.next_page_token)
+
+    # --- aliases ---------------------------------------------------------------------------------------
+
+    async def get_alias(self, model: str, alias: str) -> lifecycle_pb2.Alias:
+        """Return the alias `models/{model}/aliases/{alias}`; raises NotFound."""
+        return await self._call(self._lifecycle.GetAlias, _core.get_alias_request(model, alias))
+
+    async def list_aliases(self, model: str) -> list[lifecycle_pb2.Alias]:
+        """Return every alias of `model`, by name."""
+        response = await self._call(self._lifecycle.ListAliases, _core.list_aliases_request(model))
+        return list(response.aliases)
+
+    async def set_alias(
+        self,
+        model: str,
+        alias: str,
+        version: VersionLike,
+        *,
+        expected: ExpectedLike = None,
+        comment: str = "",
+    ) -> lifecycle_pb2.Alias:
+        """Create or move an alias (see :meth:`modelreg.Registry.set_alias`); a failed `expected` raises
+        Conflict."""
+        request = _core.set_alias_request(model, alias, version, expected=expected, comment=comment)
+        return await self._call(self._lifecycle.SetAlias, request)
+
+    async def delete_alias(self, model: str, alias: str, *, expected: ExpectedLike = None) -> None:
+        """Delete an alias; `expected` makes it a compare-and-swap."""
+        await self._call(
+            self._lifecycle.DeleteAlias, _core.delete_alias_request(model, alias, expected=expected)
+        )
+
+    async def update_aliases(
+        self,
+        model: str,
+        changes: Mapping[str, VersionLike | None],
+        *,
+        expected: Mapping[str, ExpectedLike] | None = None,
+        comment: str = "",
+    ) -> list[lifecycle_pb2.Alias]:
+        """Set and delete several aliases atomically (see :meth:`modelreg.Registry.update_aliases`)."""
+        request = _core.update_aliases_request(model, changes, expected=expected, comment=comment)
+        return list((await self._call(self._lifecycle.UpdateAliases, request)).aliases)
+
+    def list_alias_history(
+        self, model: str, alias: str | None = None, *, page_size: int = 0
+    ) -> AsyncIterator[lifecycle_pb2.AliasHistoryEntry]:
+        """Iterate (`async for`) over the moves of `alias` (None: every alias of `model`), newest first."""
+        request = _core.list_alias_history_request(model, alias, page_size=page_size)
+        return self._iter_alias_history(request)
+
+    async def _iter_alias_history(
+        self, request: lifecycle_pb2.ListAliasHistoryRequest
+    ) -> AsyncIterator[lifecycle_pb2.AliasHistoryEntry]:
+        while True:
+            response = await self._call(self._lifecycle.ListAliasHistory, request)
+            for entry in response.entries:
+                yield entry
+            if not response.next_page_token:
+                return
+            request = _core.next_page_request(request, response.next_page_token)
+
+    async def rollback_alias(self, model: str, alias: str, *, comment: str = "") -> lifecycle_pb2.Alias:
+        """Point `alias` back at the version it pointed at before its last move."""
+        request = _core.rollback_alias_request(model, alias, comment=comment)
+        return await self._call(self._lifecycle.RollbackAlias, request)
+
+    # --- traffic ---------------------------------------------------------------------------------------
+
+    async def get_traffic_policy(self, model: str) -> lifecycle_pb2.TrafficPolicy:
+        """Return the traffic policy of `model` (no routes and revision 0 when none is set)."""
+        return await self._call(self._lifecycle.GetTrafficPolicy, _core.get_traffic_policy_request(model))
+
+    async def set_traffic_policy(
+        self, model: str, routes: TrafficRoutes, *, comment: str = ""
+    ) -> lifecycle_pb2.TrafficPolicy:
+        """Replace the traffic policy (see :meth:`modelreg.Registry.set_traffic_policy`)."""
+        request = _core.set_traffic_policy_request(model, routes, comment=comment)
+        return await self._call(self._lifecycle.SetTrafficPolicy, request)
+
+    # --- serving ---------------------------------------------------------------------------------------
+
+    async def resolve_alias(
+        self, model: str, alias: str, *, as_of: datetime | timestamp_pb2.Timestamp | None = None
+    ) -> lifecycle_pb2.ResolveAliasResponse:
+        """Return the version `alias` points at, now or at `as_of`; raises NotFound."""
+        request = _core.resolve_alias_request(model, alias, as_of=as_of)
+        return await self._call(self._serving.ResolveAlias, request)
+
+    async def batch_resolve_aliases(self, aliases: Iterable[AliasRef]) -> list[lifecycle_pb2.ResolveResult]:
+        """Resolve up to 1000 aliases in one call (see :meth:`modelreg.Registry.batch_resolve_aliases`)."""
+        request = _core.batch_resolve_aliases_request(aliases)
+        return list((await self._call(self._serving.BatchResolveAliases, request)).results)
+
+    async def resolve_route(self, model: str, routing_key: str) -> lifecycle_pb2.ResolveRouteResponse:
+        """Return the version serving `routing_key` under the model's traffic policy, and the route."""
+        request = _core.resolve_route_request(model, routing_key)
+        return await self._call(self._serving.ResolveRoute, request)
+
+    def watch_aliases(
+        self, models: str | Iterable[str] | None = None, since_revision: int = 0
+    ) -> AsyncWatchStream:
+        """Stream a snapshot, then every change (`async for`); see :meth:`modelreg.Registry.watch_aliases`."""
+        request = _core.watch_aliases_request(models, since_revision)
+        return AsyncWatchStream(self._serving.WatchAliases(request, metadata=self.config.call_metadata))

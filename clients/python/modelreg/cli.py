@@ -5,6 +5,11 @@ Examples:
   modelreg versions create fraud --run-id run-42 --metric auc=0.93 --digest sha256:<64 hex>
   modelreg versions list fraud --filter 'metrics.auc >= 0.9' --json
   modelreg versions get fraud/3
+  modelreg stage fraud/3 production --archive-existing --comment "beats v2 on auc"
+  modelreg aliases set fraud champion 3 --expected 2
+  modelreg routes set fraud champion=90 canary=10
+  modelreg resolve fraud champion
+  modelreg watch fraud --json
 
 Connection: --address (else $MODELREG_ADDRESS, else 127.0.0.1:50051); --token (else $MODELREG_TOKEN,
 else the file .modelreg/admin.token in the current directory).
@@ -34,8 +39,9 @@ import itertools
 import json
 import math
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any, TextIO, cast
 
 import grpc
@@ -45,7 +51,8 @@ from google.protobuf.message import Message
 
 from modelreg import _core
 from modelreg.client import Registry
-from modelreg.errors import ModelregError
+from modelreg.errors import ModelregError, ResourceExhausted, Unavailable
+from modelreg.v1 import lifecycle_service_pb2 as lifecycle_pb2
 from modelreg.v1 import model_pb2
 
 __all__ = ["EXIT_CODES", "build_parser", "exit_code_for", "format_fields", "format_table", "main"]
@@ -113,6 +120,44 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
     if not (number > 0 and math.isfinite(number)):
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return number
+
+
+def _stage(text: str) -> model_pb2.Stage.ValueType:
+    try:
+        return _core.stage_value(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _route(text: str) -> tuple[str, int]:
+    target, weight = _key_value(text)
+    try:
+        number = int(weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"route {target!r}: weight {weight!r} is not an integer") from None
+    if not 0 <= number <= 100:
+        raise argparse.ArgumentTypeError(f"route {target!r}: weight must be between 0 and 100")
+    return target, number
+
+
+def _aware_datetime(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO 8601 time, got {text!r}") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no time zone; add Z or +HH:MM")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a revision number, got {text!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative revision, got {text!r}")
     return number
 
 
@@ -209,7 +254,109 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmd.add_argument("--digest", default="", metavar="sha256:HEX", help="artifact digest")
     cmd.set_defaults(handler=_versions_create)
+
+    _add_lifecycle_commands(resources, common)
     return parser
+
+
+def _add_lifecycle_commands(
+    resources: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    version_help = "models/MODEL/versions/N, MODEL/N, or MODEL@ALIAS"
+    target_help = "version number or name, or @ALIAS (another alias of the model)"
+
+    cmd = resources.add_parser("stage", parents=[common], help="move a version to another stage")
+    cmd.add_argument("version", metavar="MODEL_VERSION", help=version_help)
+    cmd.add_argument("stage", metavar="STAGE", type=_stage, help="none, staging, production or archived")
+    cmd.add_argument("--archive-existing", action="store_true", help="archive the current PRODUCTION version")
+    cmd.add_argument("--comment", default="", help="why, kept in the stage history")
+    cmd.set_defaults(handler=_stage_transition)
+
+    aliases = resources.add_parser("aliases", help="aliases of a model").add_subparsers(
+        dest="command", metavar="COMMAND", required=True
+    )
+    cmd = aliases.add_parser("list", parents=[common], help="list the aliases of a model")
+    cmd.add_argument("model", metavar="MODEL", help="model id or name")
+    cmd.set_defaults(handler=_aliases_list)
+
+    cmd = aliases.add_parser("set", parents=[common], help="create or move an alias")
+    cmd.add_argument("model", metavar="MODEL", help="model id or name")
+    cmd.add_argument("alias", metavar="ALIAS", help="[a-z][a-z0-9-]*")
+    cmd.add_argument("version", metavar="VERSION", help=target_help)
+    cmd.add_argument(
+        "--expected",
+        default=None,
+        metavar="VERSION",
+        help="only if the alias points at this version now; - if it must not exist yet",
+    )
+    cmd.add_argument("--comment", default="", help="why, kept in the alias history")
+    cmd.set_defaults(handler=_aliases_set)
+
+    cmd = aliases.add_parser("delete", parents=[common], help="delete an alias (not the version)")
+    cmd.add_argument("model", metavar="MODEL", help="model id or name")
+    cmd.add_argument("alias", metavar="ALIAS")
+    cmd.add_argument(
+        "--expected", default=None, metavar="VERSION", help="only if the alias points at this version now"
+    )
+    cmd.set_defaults(handler=_aliases_delete)
+
+    cmd = aliases.add_parser("history", parents=[common], help="moves of one alias or all, newest first")
+    cmd.add_argument("model", metavar="MODEL", help="model id or name")
+    cmd.add_argument("alias", metavar="ALIAS", nargs="?", default=None, help="default: every alias")
+    cmd.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="stop after N moves")
+    cmd.set_defaults(handler=_aliases_history)
+
+    cmd = aliases.add_parser("rollback", parents=[common], help="move an alias back to its previous version")
+    cmd.add_argument("model", metavar="MODEL", help="model id or name")
+    cmd.add_argument("alias", metavar="ALIAS")
+    cmd.add_argument("--comment", default="", help="why, kept in the alias history")
+    cmd.set_defaults(handler=_aliases_rollback)
+
+    cmd = resources.add_parser("resolve", parents=[common], help="the version an alias points at")
+    cmd.add_argument("model", metavar="MODEL", help="model id or name")
+    cmd.add_argument("alias", metavar="ALIAS")
+    cmd.add_argument(
+        "--as-of", type=_aware_datetime, default=None, metavar="TIME", help="e.g. 2026-01-02T03:04:05Z"
+    )
+    cmd.set_defaults(handler=_resolve)
+
+    routes = resources.add_parser("routes", help="traffic policy of a model").add_subparsers(
+        dest="command", metavar="COMMAND", required=True
+    )
+    cmd = routes.add_parser("get", parents=[common], help="show the traffic policy")
+    cmd.add_argument("model", metavar="MODEL", help="model id or name")
+    cmd.set_defaults(handler=_routes_get)
+
+    cmd = routes.add_parser("set", parents=[common], help="replace the traffic policy")
+    cmd.add_argument("model", metavar="MODEL", help="model id or name")
+    cmd.add_argument(
+        "routes",
+        metavar="TARGET=WEIGHT",
+        type=_route,
+        nargs="+",
+        help="an alias or a version (number or name) and its percentage; weights sum to 100",
+    )
+    cmd.add_argument("--comment", default="", help="why, kept in the change feed")
+    cmd.set_defaults(handler=_routes_set)
+
+    cmd = routes.add_parser("resolve", parents=[common], help="the version serving a routing key")
+    cmd.add_argument("model", metavar="MODEL", help="model id or name")
+    cmd.add_argument("routing_key", metavar="KEY", help="e.g. a user id")
+    cmd.set_defaults(handler=_routes_resolve)
+
+    cmd = resources.add_parser(
+        "watch", parents=[common], help="print alias, stage and traffic changes as they happen"
+    )
+    cmd.add_argument("models", metavar="MODEL", nargs="*", help="models to watch (default: all)")
+    cmd.add_argument(
+        "--since",
+        type=_non_negative_int,
+        default=0,
+        metavar="REVISION",
+        help="resume after this revision (default: print the current state first)",
+    )
+    cmd.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="exit after N changes")
+    cmd.set_defaults(handler=_watch)
 
 
 def _add_list_options(parser: argparse.ArgumentParser, *, filter_fields: str) -> None:
@@ -301,6 +448,94 @@ def versions_table(versions: Iterable[model_pb2.ModelVersion]) -> str:
             for v in versions
         ),
     )
+
+
+def _version_number(name: str) -> str:
+    """`3` for `models/m/versions/3`; `-` for an empty name."""
+    return name.rpartition("/")[2] if name else "-"
+
+
+def aliases_table(aliases: Iterable[lifecycle_pb2.Alias]) -> str:
+    """The table printed by `modelreg aliases list`."""
+    return format_table(
+        ["ALIAS", "VERSION", "REVISION", "UPDATED", "UPDATER"],
+        (
+            [
+                a.name.rpartition("/")[2],
+                str(a.version),
+                str(a.revision),
+                format_timestamp(a.update_time),
+                a.updater,
+            ]
+            for a in aliases
+        ),
+    )
+
+
+def alias_history_table(entries: Iterable[lifecycle_pb2.AliasHistoryEntry]) -> str:
+    """The table printed by `modelreg aliases history` (`-`: the alias did not exist before/after)."""
+    return format_table(
+        ["REVISION", "ALIAS", "FROM", "TO", "ACTOR", "TIME", "COMMENT"],
+        (
+            [
+                str(e.revision),
+                e.alias.rpartition("/")[2],
+                _version_number(e.previous_model_version),
+                _version_number(e.model_version),
+                e.actor,
+                format_timestamp(e.create_time),
+                e.comment,
+            ]
+            for e in entries
+        ),
+    )
+
+
+def route_target(route: lifecycle_pb2.TrafficRoute) -> str:
+    """`champion` for an alias route, `models/m/versions/3` for a pinned version."""
+    return route.alias if route.WhichOneof("target") == "alias" else route.model_version
+
+
+def routes_table(policy: lifecycle_pb2.TrafficPolicy) -> str:
+    """The table printed by `modelreg routes get|set`."""
+    return format_table(
+        ["TARGET", "KIND", "WEIGHT"],
+        ([route_target(r), r.WhichOneof("target") or "", str(r.weight)] for r in policy.routes),
+    )
+
+
+def resolution_fields(resolution: lifecycle_pb2.ResolveAliasResponse) -> list[tuple[str, str]]:
+    """`field value` pairs printed by `modelreg resolve`."""
+    return [
+        ("model_version", resolution.model_version),
+        ("version", str(resolution.version)),
+        ("artifact_digest", resolution.artifact_digest),
+        ("stage", stage_label(resolution.stage)),
+        ("revision", str(resolution.revision)),
+    ]
+
+
+def format_change(change: lifecycle_pb2.Change) -> str:
+    """One line of `modelreg watch`: revision, change type, subject and what it became."""
+    kind = lifecycle_pb2.ChangeType.Name(change.type).removeprefix("CHANGE_TYPE_")
+    parts = [str(change.revision), kind]
+    resolution = change.resolution
+    if change.type == lifecycle_pb2.CHANGE_TYPE_ALIAS_SET:
+        parts += [change.alias, resolution.model_version, stage_label(resolution.stage)]
+        parts += [resolution.artifact_digest] if resolution.artifact_digest else []
+    elif change.type == lifecycle_pb2.CHANGE_TYPE_ALIAS_DELETED:
+        parts.append(change.alias)
+    elif change.type == lifecycle_pb2.CHANGE_TYPE_STAGE_CHANGED:
+        moved = stage_label(resolution.stage)
+        if change.previous_stage != model_pb2.STAGE_UNSPECIFIED:
+            moved = f"{stage_label(change.previous_stage)} -> {moved}"
+        parts += [resolution.model_version, moved]
+    elif change.type == lifecycle_pb2.CHANGE_TYPE_TRAFFIC_CHANGED:
+        routes = change.traffic_policy.routes
+        parts += [change.model, " ".join(f"{route_target(r)}={r.weight}" for r in routes) or "removed"]
+    else:
+        parts.append(change.model)
+    return "  ".join(parts)
 
 
 def message_fields(message: Message) -> list[tuple[str, str]]:
@@ -434,6 +669,108 @@ def _versions_create(registry: Registry, args: argparse.Namespace, out: TextIO) 
         artifact_digest=args.digest,
     )
     _print_one(version, args, out)
+
+
+def _stage_transition(registry: Registry, args: argparse.Namespace, out: TextIO) -> None:
+    version = registry.transition_stage(
+        args.version, args.stage, archive_existing=args.archive_existing, comment=args.comment
+    )
+    _print_one(version, args, out)
+
+
+def _aliases_list(registry: Registry, args: argparse.Namespace, out: TextIO) -> None:
+    aliases = registry.list_aliases(args.model)
+    print(_list_json(aliases) if args.json else aliases_table(aliases), file=out)
+
+
+def _aliases_set(registry: Registry, args: argparse.Namespace, out: TextIO) -> None:
+    alias = registry.set_alias(
+        args.model, args.alias, args.version, expected=args.expected, comment=args.comment
+    )
+    _print_one(alias, args, out)
+
+
+def _aliases_delete(registry: Registry, args: argparse.Namespace, out: TextIO) -> None:
+    name = _core.alias_name(args.model, args.alias)
+    registry.delete_alias(args.model, args.alias, expected=args.expected)
+    print("{}" if args.json else f"deleted {name}", file=out)
+
+
+def _aliases_history(registry: Registry, args: argparse.Namespace, out: TextIO) -> None:
+    entries = _limited(
+        registry.list_alias_history(args.model, args.alias, page_size=_page_size(args.limit)), args.limit
+    )
+    print(_list_json(entries) if args.json else alias_history_table(entries), file=out)
+
+
+def _aliases_rollback(registry: Registry, args: argparse.Namespace, out: TextIO) -> None:
+    _print_one(registry.rollback_alias(args.model, args.alias, comment=args.comment), args, out)
+
+
+def _resolve(registry: Registry, args: argparse.Namespace, out: TextIO) -> None:
+    resolution = registry.resolve_alias(args.model, args.alias, as_of=args.as_of)
+    print(_message_json(resolution) if args.json else format_fields(resolution_fields(resolution)), file=out)
+
+
+def _print_policy(
+    policy: lifecycle_pb2.TrafficPolicy, model: str, args: argparse.Namespace, out: TextIO
+) -> None:
+    if args.json:
+        print(_message_json(policy), file=out)
+    elif not policy.routes:
+        print(f"{_core.model_name(model)} has no traffic policy", file=out)
+    else:
+        print(routes_table(policy), file=out)
+
+
+def _routes_get(registry: Registry, args: argparse.Namespace, out: TextIO) -> None:
+    _print_policy(registry.get_traffic_policy(args.model), args.model, args, out)
+
+
+def _routes_set(registry: Registry, args: argparse.Namespace, out: TextIO) -> None:
+    policy = registry.set_traffic_policy(args.model, list(args.routes), comment=args.comment)
+    _print_policy(policy, args.model, args, out)
+
+
+def _routes_resolve(registry: Registry, args: argparse.Namespace, out: TextIO) -> None:
+    answer = registry.resolve_route(args.model, args.routing_key)
+    if args.json:
+        print(_message_json(answer), file=out)
+    else:
+        fields = [*resolution_fields(answer.resolution), ("route", route_target(answer.route))]
+        print(format_fields(fields), file=out)
+
+
+_WATCH_RESUME_DELAY = 1.0
+
+
+def _watch(registry: Registry, args: argparse.Namespace, out: TextIO) -> None:
+    since: int = args.since
+    printed = 0
+    while True:
+        received = False
+        try:
+            with registry.watch_aliases(args.models, since_revision=since) as stream:
+                for message in stream:
+                    received = True
+                    for change in message.changes:
+                        if args.json:
+                            line = json.dumps(json_format.MessageToDict(change), separators=(",", ":"))
+                        else:
+                            line = format_change(change)
+                        print(line, file=out, flush=True)
+                        printed += 1
+                        if args.limit is not None and printed >= args.limit:
+                            return
+                    # A snapshot counts as seen only once its closing heartbeat has arrived.
+                    if not message.snapshot:
+                        since = max(since, message.revision)
+        except (Unavailable, ResourceExhausted):
+            # A stream that worked and then broke (replica restart, watcher too slow) resumes where it was;
+            # one that never delivered anything reports the error.
+            if not received:
+                raise
+        time.sleep(_WATCH_RESUME_DELAY)
 
 
 # --- entry point ---------------------------------------------------------------------------------------

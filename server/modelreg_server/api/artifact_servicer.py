@@ -13,9 +13,12 @@ from google.protobuf import empty_pb2, timestamp_pb2
 from modelreg.v1 import artifact_service_pb2 as pb
 from modelreg.v1 import artifact_service_pb2_grpc as pb_grpc
 from modelreg_server.api import validation as val
+from modelreg_server.api.identity import caller
 from modelreg_server.api.status import streaming, unary
 from modelreg_server.domain import errors
+from modelreg_server.domain.access import AccessControl
 from modelreg_server.domain.artifacts import MAX_FIND_MISSING, Artifacts
+from modelreg_server.domain.permissions import Permission
 from modelreg_server.domain.uploads import Chunk, UploadHeader, effective_committed
 from modelreg_server.storage.blob_repo import SessionRow
 
@@ -88,8 +91,15 @@ async def _chunks(
 class ArtifactServicer(pb_grpc.ArtifactServiceServicer):
     """Serves the artifact store; without one, every call is FAILED_PRECONDITION."""
 
-    def __init__(self, artifacts: Artifacts | None) -> None:
+    def __init__(self, artifacts: Artifacts | None, access: AccessControl) -> None:
         self._artifacts = artifacts
+        self.access = access
+
+    async def _read(self, context: Context, resource: str) -> None:
+        await self.access.require(caller(context), Permission.READ, resource)
+
+    async def _write(self, context: Context, resource: str) -> None:
+        await self.access.require(caller(context), Permission.ARTIFACTS_WRITE, resource, any_scope=True)
 
     @property
     def _store(self) -> Artifacts:
@@ -103,6 +113,7 @@ class ArtifactServicer(pb_grpc.ArtifactServiceServicer):
     async def FindMissingBlobs(
         self, request: pb.FindMissingBlobsRequest, context: Context
     ) -> pb.FindMissingBlobsResponse:
+        await self._read(context, "blobs")
         v = val.Violations()
         if len(request.digests) > MAX_FIND_MISSING:
             v.add("digests", f"at most {MAX_FIND_MISSING} digests per call")
@@ -115,11 +126,13 @@ class ArtifactServicer(pb_grpc.ArtifactServiceServicer):
     @unary
     async def StatBlob(self, request: pb.StatBlobRequest, context: Context) -> pb.Blob:
         digest = _digest("digest", request.digest, required=True)
+        await self._read(context, f"blobs/{digest}")
         row = await self._store.stat(digest)
         return pb.Blob(digest=row.digest, size=row.size, create_time=_timestamp(row.create_time))
 
     @unary
     async def StartUpload(self, request: pb.StartUploadRequest, context: Context) -> pb.UploadStatus:
+        await self._write(context, "uploads")
         v = val.Violations()
         val.check_digest("digest", request.digest, v)
         if request.HasField("size") and request.size < 0:
@@ -135,11 +148,13 @@ class ArtifactServicer(pb_grpc.ArtifactServiceServicer):
         self, request: pb.QueryUploadStatusRequest, context: Context
     ) -> pb.UploadStatus:
         upload_id = _upload_id("upload_id", request.upload_id)
+        await self._write(context, f"uploads/{upload_id}")
         return _status(await self._store.uploads.status(upload_id))
 
     @unary
     async def CancelUpload(self, request: pb.CancelUploadRequest, context: Context) -> empty_pb2.Empty:
         upload_id = _upload_id("upload_id", request.upload_id)
+        await self._write(context, f"uploads/{upload_id}")
         await self._store.uploads.cancel(upload_id)
         return empty_pb2.Empty()
 
@@ -147,6 +162,7 @@ class ArtifactServicer(pb_grpc.ArtifactServiceServicer):
     async def UploadBlob(
         self, request: AsyncIterator[pb.UploadBlobRequest], context: Context
     ) -> pb.UploadBlobResponse:
+        await self._write(context, "blobs")
         artifacts = self._store
         messages = aiter(request)
         first = await anext(messages, None)
@@ -155,6 +171,8 @@ class ArtifactServicer(pb_grpc.ArtifactServiceServicer):
         header = _header(first)
         await artifacts.ready()
         result = await artifacts.uploads.upload(header, _chunks(first, messages))
+        if result.complete and not result.deduplicated:
+            await self.access.audit.record_alone(caller(context), f"blobs/{result.digest}", size=result.size)
         return pb.UploadBlobResponse(
             digest=result.digest,
             size=result.size,
@@ -168,6 +186,7 @@ class ArtifactServicer(pb_grpc.ArtifactServiceServicer):
         self, request: pb.DownloadBlobRequest, context: Context
     ) -> AsyncIterator[pb.DownloadBlobResponse]:
         digest = _digest("digest", request.digest, required=True)
+        await self._read(context, f"blobs/{digest}")
         async for data in self._store.download(digest, request.read_offset, request.read_limit):
             yield pb.DownloadBlobResponse(data=data)
 
@@ -176,6 +195,7 @@ class ArtifactServicer(pb_grpc.ArtifactServiceServicer):
         self, request: pb.GetBlobDownloadUrlRequest, context: Context
     ) -> pb.GetBlobDownloadUrlResponse:
         digest = _digest("digest", request.digest, required=True)
+        await self._read(context, f"blobs/{digest}")
         expiry = request.expiry.ToTimedelta() if request.HasField("expiry") else timedelta(0)
         url, valid_for = await self._store.download_url(digest, expiry)
         expire = timestamp_pb2.Timestamp()

@@ -50,6 +50,7 @@ def model_to_proto(model: ModelRecord) -> model_pb2.Model:
         etag=model_etag(model),
         uid=model.uid,
         promotion_policy=model_pb2.PromotionPolicy.ValueType(int(model.promotion_policy)),
+        protected_aliases=model.protected_aliases,
     )
 
 

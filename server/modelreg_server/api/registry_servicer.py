@@ -24,19 +24,25 @@ from modelreg_server.api.convert import model_to_proto, new_version_from_proto, 
 from modelreg_server.api.identity import caller
 from modelreg_server.api.status import unary
 from modelreg_server.domain import errors
+from modelreg_server.domain.access import AccessControl
 from modelreg_server.domain.catalog import Catalog, ListQuery
 from modelreg_server.domain.names import (
+    ALIAS_RE,
+    check_alias_id,
     check_model_id,
+    model_name,
     parse_model_name,
     parse_parent,
     parse_version_name,
     parse_version_ref,
 )
-from modelreg_server.domain.records import ModelFields, PromotionPolicy
+from modelreg_server.domain.permissions import Permission
+from modelreg_server.domain.records import Caller, ModelFields, PromotionPolicy
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-MODEL_MUTABLE = ("description", "labels", "owner_team", "promotion_policy")
+MODEL_MUTABLE = ("description", "labels", "owner_team", "promotion_policy", "protected_aliases")
+DEFAULT_PROTECTED = ("champion",)
 MODEL_OUTPUT_ONLY = ("name", "latest_version", "create_time", "update_time", "etag", "uid")
 VERSION_MUTABLE = ("description", "labels")
 VERSION_OUTPUT_ONLY = ("name", "version", "stage", "creator", "create_time", "update_time", "etag")
@@ -44,6 +50,14 @@ VERSION_OUTPUT_ONLY = ("name", "version", "stage", "creator", "create_time", "up
 
 def _list_query(request: pb.ListModelsRequest | pb.ListModelVersionsRequest) -> ListQuery:
     return ListQuery(request.page_size, request.page_token, request.filter, request.order_by)
+
+
+def _protected(aliases: Iterable[str], default: tuple[str, ...] = DEFAULT_PROTECTED) -> tuple[str, ...]:
+    """Protected aliases as given (sorted, deduplicated), or the default when none are given."""
+    given = tuple(sorted(set(aliases)))
+    for alias in given:
+        check_alias_id(alias, "model.protected_aliases")
+    return given or default
 
 
 def _policy(value: int) -> PromotionPolicy:
@@ -134,32 +148,52 @@ def _changes(resource: Message, paths: list[str]) -> dict[str, Any]:
 class RegistryServicer(pb_grpc.ModelRegistryServiceServicer):
     """Serves the catalog."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, access: AccessControl) -> None:
         self._catalog = catalog
+        self.access = access
+
+    async def _require(
+        self, context: Context, permission: Permission, resource: str, model_id: str | None = None
+    ) -> Caller:
+        who = caller(context)
+        await self.access.require(who, permission, resource, model_id=model_id)
+        return who
 
     @unary
     async def CreateModel(self, request: pb.CreateModelRequest, context: Context) -> model_pb2.Model:
+        model_id = check_model_id(request.model_id, "model_id")
+        who = caller(context)
+        labels = dict(request.model.labels)
+        await self.access.require(
+            who, Permission.MODELS_CREATE, model_name(model_id), model_id=model_id, labels=labels
+        )
+        protected = _protected(request.model.protected_aliases)
+        if not set(DEFAULT_PROTECTED) <= set(protected):
+            # Weakening the default protection is a policy decision.
+            await self.access.require(
+                who, Permission.MODELS_SET_POLICY, model_name(model_id), model_id=model_id, labels=labels
+            )
         v = val.Violations()
-        try:
-            check_model_id(request.model_id, "model_id")
-        except errors.InvalidArgument as exc:
-            v.items.extend(exc.violations)
         _check_model_fields(request.model, v)
         v.check()
         fields = ModelFields(
             request.model.description,
-            dict(request.model.labels),
+            labels,
             request.model.owner_team,
             _policy(request.model.promotion_policy),
+            protected,
         )
-        return model_to_proto(await self._catalog.create_model(request.model_id, fields))
+        return model_to_proto(await self._catalog.create_model(model_id, fields, who))
 
     @unary
     async def GetModel(self, request: pb.GetModelRequest, context: Context) -> model_pb2.Model:
-        return model_to_proto(await self._catalog.get_model(parse_model_name(request.name)))
+        model_id = parse_model_name(request.name)
+        await self._require(context, Permission.READ, request.name, model_id)
+        return model_to_proto(await self._catalog.get_model(model_id))
 
     @unary
     async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> pb.ListModelsResponse:
+        await self._require(context, Permission.READ, "models")
         page = await self._catalog.list_models(_list_query(request))
         return pb.ListModelsResponse(
             models=[model_to_proto(m) for m in page.items], next_page_token=page.next_page_token
@@ -170,6 +204,9 @@ class RegistryServicer(pb_grpc.ModelRegistryServiceServicer):
         model_id = parse_model_name(request.model.name, "model.name")
         v = val.Violations()
         _check_model_fields(request.model, v)
+        for i, alias in enumerate(request.model.protected_aliases):
+            if not ALIAS_RE.fullmatch(alias):
+                v.add(f"model.protected_aliases[{i}]", "not a valid alias id")
         paths = _mask_paths(
             request.update_mask,
             request.model,
@@ -180,15 +217,33 @@ class RegistryServicer(pb_grpc.ModelRegistryServiceServicer):
         )
         v.check()
         changes = _changes(request.model, paths)
+        name = model_name(model_id)
+        policy_paths = {"promotion_policy", "protected_aliases"} & set(changes)
+        who = await self._require(
+            context,
+            Permission.MODELS_SET_POLICY if policy_paths else Permission.MODELS_UPDATE,
+            name,
+            model_id,
+        )
+        if set(changes) - policy_paths:
+            await self.access.require(who, Permission.MODELS_UPDATE, name, model_id=model_id)
+        if "labels" in changes:
+            # Relabelling may move the model into another label scope: the caller must hold it there too.
+            await self.access.require(
+                who, Permission.MODELS_UPDATE, name, model_id=model_id, labels=changes["labels"]
+            )
         if "promotion_policy" in changes:
             changes["promotion_policy"] = int(_policy(changes["promotion_policy"]))
-        updated = await self._catalog.update_model(model_id, changes, request.model.etag, caller(context))
+        if "protected_aliases" in changes:
+            changes["protected_aliases"] = list(_protected(changes["protected_aliases"], default=()))
+        updated = await self._catalog.update_model(model_id, changes, request.model.etag, who)
         return model_to_proto(updated)
 
     @unary
     async def DeleteModel(self, request: pb.DeleteModelRequest, context: Context) -> empty_pb2.Empty:
         model_id = parse_model_name(request.name)
-        await self._catalog.delete_model(model_id, request.etag, request.force, caller(context))
+        who = await self._require(context, Permission.MODELS_DELETE, request.name, model_id)
+        await self._catalog.delete_model(model_id, request.etag, request.force, who)
         return empty_pb2.Empty()
 
     @unary
@@ -196,6 +251,7 @@ class RegistryServicer(pb_grpc.ModelRegistryServiceServicer):
         self, request: pb.CreateModelVersionRequest, context: Context
     ) -> model_pb2.ModelVersion:
         model_id = parse_model_name(request.parent, "parent")
+        who = await self._require(context, Permission.VERSIONS_CREATE, request.parent, model_id)
         v = val.Violations()
         _check_version_fields(request.model_version, v)
         val.check_length("request_id", request.request_id, val.MAX_REQUEST_ID, v)
@@ -205,7 +261,7 @@ class RegistryServicer(pb_grpc.ModelRegistryServiceServicer):
         created = await self._catalog.create_version(
             model_id,
             new_version_from_proto(request.model_version),
-            creator=caller(context).principal,
+            caller=who,
             request_id=request.request_id or None,
         )
         return version_to_proto(created)
@@ -214,13 +270,16 @@ class RegistryServicer(pb_grpc.ModelRegistryServiceServicer):
     async def GetModelVersion(
         self, request: pb.GetModelVersionRequest, context: Context
     ) -> model_pb2.ModelVersion:
-        return version_to_proto(await self._catalog.get_version(parse_version_ref(request.name)))
+        ref = parse_version_ref(request.name)
+        await self._require(context, Permission.READ, request.name, ref.model_id)
+        return version_to_proto(await self._catalog.get_version(ref))
 
     @unary
     async def ListModelVersions(
         self, request: pb.ListModelVersionsRequest, context: Context
     ) -> pb.ListModelVersionsResponse:
         model_id = parse_parent(request.parent, allow_wildcard=True)
+        await self._require(context, Permission.READ, request.parent, model_id)
         page = await self._catalog.list_versions(model_id, _list_query(request))
         return pb.ListModelVersionsResponse(
             model_versions=[version_to_proto(mv) for mv in page.items], next_page_token=page.next_page_token
@@ -232,6 +291,7 @@ class RegistryServicer(pb_grpc.ModelRegistryServiceServicer):
     ) -> model_pb2.ModelVersion:
         mv = request.model_version
         model_id, version = parse_version_name(mv.name, "model_version.name")
+        who = await self._require(context, Permission.VERSIONS_UPDATE, mv.name, model_id)
         v = val.Violations()
         val.check_strings(mv, v, "model_version.")
         val.check_length("model_version.description", mv.description, val.MAX_DESCRIPTION, v)
@@ -245,5 +305,5 @@ class RegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             refusal="is immutable once registered",
         )
         v.check()
-        updated = await self._catalog.update_version(model_id, version, _changes(mv, paths), mv.etag)
+        updated = await self._catalog.update_version(model_id, version, _changes(mv, paths), mv.etag, who)
         return version_to_proto(updated)

@@ -11,11 +11,14 @@ import grpc
 
 from modelreg.v1 import lifecycle_service_pb2 as pb
 from modelreg.v1 import lifecycle_service_pb2_grpc as pb_grpc
+from modelreg_server.api.identity import caller
 from modelreg_server.api.lifecycle_convert import change_to_proto, resolution_to_proto, route_to_proto
 from modelreg_server.api.status import streaming, unary
 from modelreg_server.domain import errors
+from modelreg_server.domain.access import AccessControl
 from modelreg_server.domain.feed import Subscription
 from modelreg_server.domain.names import parse_alias_name, parse_model_name
+from modelreg_server.domain.permissions import Permission
 from modelreg_server.domain.serving import Serving
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -26,15 +29,20 @@ MAX_WATCHED_MODELS = 10_000
 class ServingServicer(pb_grpc.ServingServiceServicer):
     """Resolves aliases and routes, and streams changes."""
 
-    def __init__(self, serving: Serving, heartbeat_interval: float = 5.0) -> None:
+    def __init__(self, serving: Serving, access: AccessControl, heartbeat_interval: float = 5.0) -> None:
         self._serving = serving
+        self.access = access
         self._heartbeat = heartbeat_interval
+
+    async def _read(self, context: Context, resource: str, model_id: str | None) -> None:
+        await self.access.require(caller(context), Permission.READ, resource, model_id=model_id)
 
     @unary
     async def ResolveAlias(
         self, request: pb.ResolveAliasRequest, context: Context
     ) -> pb.ResolveAliasResponse:
         model_id, alias = parse_alias_name(request.name)
+        await self._read(context, request.name, model_id)
         if request.HasField("as_of"):
             at = request.as_of.ToDatetime().astimezone()
             return resolution_to_proto(await self._serving.resolve_as_of(model_id, alias, at))
@@ -50,6 +58,7 @@ class ServingServicer(pb_grpc.ServingServiceServicer):
         for name in request.names:
             try:
                 model_id, alias = parse_alias_name(name)
+                await self._read(context, name, model_id)
                 resolution = await self._serving.resolve(model_id, alias)
             except (errors.InvalidArgument, errors.NotFound) as exc:
                 results.append(pb.ResolveResult(name=name[:200], error_reason=exc.reason))
@@ -62,6 +71,7 @@ class ServingServicer(pb_grpc.ServingServiceServicer):
         self, request: pb.ResolveRouteRequest, context: Context
     ) -> pb.ResolveRouteResponse:
         model_id = parse_model_name(request.model, "model")
+        await self._read(context, request.model, model_id)
         if len(request.routing_key) > 1024:
             raise errors.invalid("routing_key", "at most 1024 characters")
         resolution, route = await self._serving.resolve_route(model_id, request.routing_key)
@@ -78,6 +88,8 @@ class ServingServicer(pb_grpc.ServingServiceServicer):
         if request.since_revision < 0:
             raise errors.invalid("since_revision", "must not be negative")
         models = frozenset(parse_model_name(m, f"models[{i}]") for i, m in enumerate(request.models)) or None
+        for model_id in models or (None,):
+            await self._read(context, f"models/{model_id}" if model_id else "models", model_id)
         feed = self._serving.feed
         sub = feed.subscribe(models)
         try:

@@ -13,6 +13,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from modelreg_server.api.identity import Guarded, authenticate, forget
 from modelreg_server.domain import errors
 from modelreg_server.storage.db import translate
 
@@ -89,7 +90,7 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> 
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
-S = TypeVar("S")
+S = TypeVar("S", bound=Guarded)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
@@ -97,16 +98,20 @@ Resp = TypeVar("Resp")
 def unary(
     handler: Callable[[S, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]],
 ) -> Callable[[S, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
-    """Decorates a unary (or client-streaming) handler so every failure leaves with the right status."""
+    """Decorates a unary (or client-streaming) handler: authenticates the caller, and every failure leaves
+    with the right status."""
 
     @functools.wraps(handler)
     async def wrapper(self: S, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
         try:
+            await authenticate(self.access, context, handler.__name__)
             return await handler(self, request, context)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as exc:
             await abort(context, exc)
+        finally:
+            forget(context)
 
     return wrapper
 
@@ -121,11 +126,14 @@ def streaming(
         self: S, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
     ) -> AsyncIterator[Resp]:
         try:
+            await authenticate(self.access, context, handler.__name__)
             async for item in handler(self, request, context):
                 yield item
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as exc:
             await abort(context, exc)
+        finally:
+            forget(context)
 
     return wrapper

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from modelreg_server.domain import errors
+from modelreg_server.domain import audit, errors
 from modelreg_server.domain.filtering import FilterError, Node, parse_filter
 from modelreg_server.domain.lifecycle import CommitHook, resolve_ref
 from modelreg_server.domain.names import VersionRef, model_name, parse_version_name, version_name
@@ -88,9 +88,15 @@ class Catalog:
 
     # --- models -----------------------------------------------------------------------------------------
 
-    async def create_model(self, model_id: str, fields: ModelFields) -> ModelRecord:
+    async def create_model(self, model_id: str, fields: ModelFields, caller: Caller) -> ModelRecord:
         """Creates `models/{model_id}`; ALREADY_EXISTS when taken."""
-        return await self._db.transact(lambda conn: model_repo.insert(conn, model_id, fields))
+
+        async def work(conn: Connection) -> ModelRecord:
+            created = await model_repo.insert(conn, model_id, fields)
+            await audit.record(conn, caller, model_name(model_id), after=_model_summary(created))
+            return created
+
+        return await self._db.transact(work)
 
     async def get_model(self, model_id: str) -> ModelRecord:
         """The model or NOT_FOUND."""
@@ -111,6 +117,13 @@ class Catalog:
             if not changes:
                 return current
             updated = await model_repo.update(conn, model_id, changes)
+            await audit.record(
+                conn,
+                caller,
+                model_name(model_id),
+                before=_model_summary(current),
+                after=_model_summary(updated),
+            )
             if updated.promotion_policy != current.promotion_policy:
                 rev = await lifecycle_repo.allocate_revisions(conn, 1)
                 await lifecycle_repo.append_event(
@@ -148,6 +161,9 @@ class Catalog:
                     [errors.PreconditionViolation("MODEL_HAS_VERSIONS", name, "the model has versions")],
                 )
             await model_repo.delete(conn, model_id)
+            await audit.record(
+                conn, caller, model_name(model_id), before=_model_summary(current), force=force
+            )
             rev = await lifecycle_repo.allocate_revisions(conn, 1)
             await lifecycle_repo.append_event(conn, rev, model_id, ChangeType.MODEL_DELETED, caller.principal)
             revision.append(rev)
@@ -172,7 +188,7 @@ class Catalog:
         model_id: str,
         new: NewVersion,
         *,
-        creator: str,
+        caller: Caller,
         request_id: str | None,
     ) -> VersionRecord:
         """Registers the next version of a model. A repeated request id returns the first result."""
@@ -189,9 +205,22 @@ class Catalog:
                     return _replay(earlier, request_hash, request_id)
             await _check_parents_exist(conn, parents)
             number = await model_repo.allocate_version(conn, model_id)
-            return await version_repo.insert(
-                conn, model_id, number, new, creator=creator, request_id=request_id, request_hash=request_hash
+            created = await version_repo.insert(
+                conn,
+                model_id,
+                number,
+                new,
+                creator=caller.principal,
+                request_id=request_id,
+                request_hash=request_hash,
             )
+            await audit.record(
+                conn,
+                caller,
+                version_name(model_id, number),
+                after={"run_id": new.run_id, "artifact_digest": new.artifact_digest, "metrics": new.metrics},
+            )
+            return created
 
         return await self._db.transact(work)
 
@@ -205,7 +234,7 @@ class Catalog:
             )
 
     async def update_version(
-        self, model_id: str, version: int, changes: dict[str, Any], etag: str
+        self, model_id: str, version: int, changes: dict[str, Any], etag: str, caller: Caller
     ) -> VersionRecord:
         """Changes description or labels of a version if the etag (when given) still matches."""
 
@@ -216,7 +245,15 @@ class Catalog:
             _check_etag(etag, version_etag(current), version_name(model_id, version))
             if not changes:
                 return current
-            return await version_repo.update(conn, model_id, version, changes)
+            updated = await version_repo.update(conn, model_id, version, changes)
+            await audit.record(
+                conn,
+                caller,
+                version_name(model_id, version),
+                before={"description": current.description, "labels": current.labels},
+                after={"description": updated.description, "labels": updated.labels},
+            )
+            return updated
 
         return await self._db.transact(work)
 
@@ -279,6 +316,16 @@ def _filter_errors() -> Iterator[None]:
         yield
     except FilterError as exc:
         raise errors.invalid("filter", exc.message, "INVALID_FILTER") from exc
+
+
+def _model_summary(model: ModelRecord) -> dict[str, Any]:
+    return {
+        "description": model.description[:200],
+        "labels": model.labels,
+        "owner_team": model.owner_team,
+        "promotion_policy": model.promotion_policy.name,
+        "protected_aliases": list(model.protected_aliases),
+    }
 
 
 def _parents(new: NewVersion) -> list[str]:

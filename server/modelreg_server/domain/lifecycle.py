@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from modelreg_server.domain import errors
+from modelreg_server.domain import audit, errors
 from modelreg_server.domain.names import VersionRef, alias_name, version_name
 from modelreg_server.domain.pagination import PageSizeError, PageTokenCodec, PageTokenError, resolve_page_size
 from modelreg_server.domain.records import (
@@ -89,13 +89,28 @@ class Lifecycle:
     # --- stages ------------------------------------------------------------------------------------
 
     async def transition_stage(
-        self, ref: VersionRef, stage: Stage, *, archive_existing: bool, comment: str, caller: Caller
+        self,
+        ref: VersionRef,
+        stage: Stage,
+        *,
+        archive_existing: bool,
+        comment: str,
+        caller: Caller,
+        expected_stage: Stage | None = None,
     ) -> VersionRecord:
-        """Moves a version to `stage`; entering PRODUCTION archives the previous one only if asked."""
+        """Moves a version to `stage`; entering PRODUCTION archives the previous one only if asked.
+        `expected_stage` (what the permission check saw) must still be the version's stage."""
 
         async def work(conn: Connection, model: ModelRecord) -> VersionRecord:
             _require_policy(model, stages=True)
             target = await _resolve_ref(conn, ref, lock=True)
+            if expected_stage is not None and target.stage != expected_stage:
+                name = version_name(target.model_id, target.version)
+                raise errors.Aborted(
+                    f"{name} changed stage concurrently; retry",
+                    "CONCURRENT_MODIFICATION",
+                    {"model_version": name},
+                )
             if target.stage == stage:
                 return target
             _check_move(target, stage)
@@ -127,6 +142,15 @@ class Lifecycle:
                 await _apply_stage(conn, version, to_stage, revision + offset, comment, caller)
             updated = await version_repo.get(conn, model.model_id, target.version)
             assert updated is not None
+            await audit.record(
+                conn,
+                caller,
+                version_name(target.model_id, target.version),
+                before={"stage": target.stage.name},
+                after={"stage": stage.name},
+                archived=[version_name(v.model_id, v.version) for v, s in moves if v is not target],
+                comment=comment,
+            )
             return updated
 
         result: VersionRecord = await self._mutate(ref.model_id, work)
@@ -201,6 +225,14 @@ class Lifecycle:
                     planned.append((change.alias, new, current))
                 state[change.alias] = new
             if planned:
+                await audit.record(
+                    conn,
+                    caller,
+                    alias_name(model_id, planned[0][0]) if len(planned) == 1 else f"models/{model_id}",
+                    before={a: p for a, _, p in planned},
+                    after={a: n for a, n, _ in planned},
+                    comment=comment,
+                )
                 revision = await repo.allocate_revisions(conn, len(planned))
                 at = await repo.change_time(conn)
                 for offset, (alias, new, previous) in enumerate(planned):
@@ -298,6 +330,15 @@ class Lifecycle:
                     raise _alias_not_found(model_id, route.alias)
                 if route.version is not None:
                     _check_not_archived(await _found_version(conn, model_id, route.version))
+            previous = await repo.get_traffic(conn, model_id)
+            await audit.record(
+                conn,
+                caller,
+                f"models/{model_id}/trafficPolicy",
+                before=repo.routes_to_json(previous.routes) if previous else [],
+                after=repo.routes_to_json(tuple(routes)),
+                comment=comment,
+            )
             revision = await repo.allocate_revisions(conn, 1)
             policy = TrafficPolicyRecord(model_id, tuple(routes), revision, caller.principal, None)
             await repo.put_traffic(conn, policy)

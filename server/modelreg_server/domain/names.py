@@ -105,3 +105,11 @@ def parse_traffic_policy_name(name: str, field: str = "name") -> str:
     """Parses `models/{m}/trafficPolicy` (or plain `models/{m}`) into the model id."""
     base = name.removesuffix("/trafficPolicy")
     return parse_model_name(base, field)
+
+
+def model_of(resource: str, field: str = "resource") -> str:
+    """The model id of `models/{m}`, or of any version, alias or `@alias` reference under it."""
+    head = resource.split("/", 2)
+    if len(head) < 2 or head[0] != "models":
+        raise invalid(field, f"expected a resource under 'models/{{model}}', got {resource[:100]!r}")
+    return check_model_id(head[1].partition("@")[0], field)

@@ -64,6 +64,7 @@ class ModelRecord:
     create_time: datetime
     update_time: datetime
     promotion_policy: PromotionPolicy = PromotionPolicy.STAGES_AND_ALIASES
+    protected_aliases: tuple[str, ...] = ("champion",)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class ModelFields:
     labels: dict[str, str] = field(default_factory=dict)
     owner_team: str = ""
     promotion_policy: PromotionPolicy = PromotionPolicy.STAGES_AND_ALIASES
+    protected_aliases: tuple[str, ...] = ("champion",)
 
 
 @dataclass(frozen=True)
@@ -124,11 +126,14 @@ class Page(Generic[T]):
 
 @dataclass(frozen=True)
 class Caller:
-    """Who makes a call: recorded with every change."""
+    """Who makes a call and how: recorded with every change and checked against every permission."""
 
     principal: str
     request_id: str = ""
     peer: str = ""
+    action: str = ""
+    # (role number, scope) pairs of the principal's bindings; viewer is implied.
+    roles: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True)

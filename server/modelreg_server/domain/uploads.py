@@ -45,7 +45,7 @@ class UploadTuning:
     """Sizes and timeouts of the upload pipeline."""
 
     part_size: int = 8 * MiB
-    parts_in_flight: int = 3
+    parts_in_flight: int = 2
     session_ttl: timedelta = timedelta(hours=24)
     lease: timedelta = timedelta(seconds=60)
 

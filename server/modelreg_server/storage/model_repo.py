@@ -17,7 +17,7 @@ from modelreg_server.storage.sql_query import FieldSpec, Params
 
 _COLUMNS = (
     "m.model_id, m.uid::text AS uid, m.description, m.labels, m.owner_team, m.latest_version, "
-    "m.revision, m.create_time, m.update_time, m.promotion_policy"
+    "m.revision, m.create_time, m.update_time, m.promotion_policy, m.protected_aliases"
 )
 
 LISTING = ListingSpec(
@@ -48,7 +48,7 @@ LISTING = ListingSpec(
     tiebreak=("m.model_id",),
 )
 
-MUTABLE_COLUMNS = ("description", "labels", "owner_team", "promotion_policy")
+MUTABLE_COLUMNS = ("description", "labels", "owner_team", "promotion_policy", "protected_aliases")
 
 
 def _record(row: asyncpg.Record) -> ModelRecord:
@@ -63,6 +63,7 @@ def _record(row: asyncpg.Record) -> ModelRecord:
         create_time=row["create_time"],
         update_time=row["update_time"],
         promotion_policy=PromotionPolicy(row["promotion_policy"]),
+        protected_aliases=tuple(row["protected_aliases"]),
     )
 
 
@@ -70,13 +71,14 @@ async def insert(conn: Connection, model_id: str, fields: ModelFields) -> ModelR
     """Inserts a model; ALREADY_EXISTS when the id is taken."""
     try:
         row = await conn.fetchrow(
-            "INSERT INTO models AS m (model_id, description, labels, owner_team, promotion_policy) "
-            f"VALUES ($1, $2, $3, $4, $5) RETURNING {_COLUMNS}",
+            "INSERT INTO models AS m (model_id, description, labels, owner_team, promotion_policy, "
+            f"protected_aliases) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_COLUMNS}",
             model_id,
             fields.description,
             fields.labels,
             fields.owner_team,
             int(fields.promotion_policy),
+            list(fields.protected_aliases),
         )
     except asyncpg.UniqueViolationError as exc:
         raise errors.AlreadyExists(

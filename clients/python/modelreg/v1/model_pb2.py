@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17modelreg/v1/model.proto\x12\x0bmodelreg.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xea\x02\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12.\n\x06labels\x18\x03 \x03(\x0b\x32\x1e.modelreg.v1.Model.LabelsEntry\x12\x12\n\nowner_team\x18\x04 \x01(\t\x12\x16\n\x0elatest_version\x18\x05 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x08 \x01(\t\x12\x0b\n\x03uid\x18\t \x01(\t\x12\x36\n\x10promotion_policy\x18\n \x01(\x0e\x32\x1c.modelreg.v1.PromotionPolicy\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"7\n\nDatasetRef\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\";\n\x07\x43odeRef\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\"\xde\x01\n\x07Lineage\x12)\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x17.modelreg.v1.DatasetRef\x12\"\n\x04\x63ode\x18\x02 \x01(\x0b\x32\x14.modelreg.v1.CodeRef\x12\x38\n\nparameters\x18\x03 \x03(\x0b\x32$.modelreg.v1.Lineage.ParametersEntry\x12\x17\n\x0fparent_versions\x18\x04 \x03(\t\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x0bSchemaField\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x10\n\x08optional\x18\x04 \x01(\x08\"2\n\x06Schema\x12(\n\x06\x66ields\x18\x01 \x03(\x0b\x32\x18.modelreg.v1.SchemaField\"3\n\x12PackageRequirement\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"Y\n\x0c\x44\x65pendencies\x12\x16\n\x0epython_version\x18\x01 \x01(\t\x12\x31\n\x08packages\x18\x02 \x03(\x0b\x32\x1f.modelreg.v1.PackageRequirement\"\x9e\x05\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x35\n\x06labels\x18\x05 \x03(\x0b\x32%.modelreg.v1.ModelVersion.LabelsEntry\x12\x37\n\x07metrics\x18\x06 \x03(\x0b\x32&.modelreg.v1.ModelVersion.MetricsEntry\x12%\n\x07lineage\x18\x07 \x01(\x0b\x32\x14.modelreg.v1.Lineage\x12)\n\x0cinput_schema\x18\x08 \x01(\x0b\x32\x13.modelreg.v1.Schema\x12*\n\routput_schema\x18\t \x01(\x0b\x32\x13.modelreg.v1.Schema\x12/\n\x0c\x64\x65pendencies\x18\n \x01(\x0b\x32\x19.modelreg.v1.Dependencies\x12\x17\n\x0f\x61rtifact_digest\x18\x0b \x01(\t\x12!\n\x05stage\x18\x0c \x01(\x0e\x32\x12.modelreg.v1.Stage\x12\x0f\n\x07\x63reator\x18\r \x01(\t\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x10 \x01(\t\x12\x0f\n\x07\x61liases\x18\x11 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*k\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x0e\n\nSTAGE_NONE\x10\x01\x12\x11\n\rSTAGE_STAGING\x10\x02\x12\x14\n\x10STAGE_PRODUCTION\x10\x03\x12\x12\n\x0eSTAGE_ARCHIVED\x10\x04*\xb7\x01\n\x0fPromotionPolicy\x12 \n\x1cPROMOTION_POLICY_UNSPECIFIED\x10\x00\x12\'\n#PROMOTION_POLICY_STAGES_AND_ALIASES\x10\x01\x12\x1b\n\x17PROMOTION_POLICY_STAGES\x10\x02\x12\x1c\n\x18PROMOTION_POLICY_ALIASES\x10\x03\x12\x1e\n\x1aPROMOTION_POLICY_IMMUTABLE\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17modelreg/v1/model.proto\x12\x0bmodelreg.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x03\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12.\n\x06labels\x18\x03 \x03(\x0b\x32\x1e.modelreg.v1.Model.LabelsEntry\x12\x12\n\nowner_team\x18\x04 \x01(\t\x12\x16\n\x0elatest_version\x18\x05 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x08 \x01(\t\x12\x0b\n\x03uid\x18\t \x01(\t\x12\x36\n\x10promotion_policy\x18\n \x01(\x0e\x32\x1c.modelreg.v1.PromotionPolicy\x12\x19\n\x11protected_aliases\x18\x0b \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"7\n\nDatasetRef\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\";\n\x07\x43odeRef\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\"\xde\x01\n\x07Lineage\x12)\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x17.modelreg.v1.DatasetRef\x12\"\n\x04\x63ode\x18\x02 \x01(\x0b\x32\x14.modelreg.v1.CodeRef\x12\x38\n\nparameters\x18\x03 \x03(\x0b\x32$.modelreg.v1.Lineage.ParametersEntry\x12\x17\n\x0fparent_versions\x18\x04 \x03(\t\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x0bSchemaField\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x10\n\x08optional\x18\x04 \x01(\x08\"2\n\x06Schema\x12(\n\x06\x66ields\x18\x01 \x03(\x0b\x32\x18.modelreg.v1.SchemaField\"3\n\x12PackageRequirement\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"Y\n\x0c\x44\x65pendencies\x12\x16\n\x0epython_version\x18\x01 \x01(\t\x12\x31\n\x08packages\x18\x02 \x03(\x0b\x32\x1f.modelreg.v1.PackageRequirement\"\x9e\x05\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x35\n\x06labels\x18\x05 \x03(\x0b\x32%.modelreg.v1.ModelVersion.LabelsEntry\x12\x37\n\x07metrics\x18\x06 \x03(\x0b\x32&.modelreg.v1.ModelVersion.MetricsEntry\x12%\n\x07lineage\x18\x07 \x01(\x0b\x32\x14.modelreg.v1.Lineage\x12)\n\x0cinput_schema\x18\x08 \x01(\x0b\x32\x13.modelreg.v1.Schema\x12*\n\routput_schema\x18\t \x01(\x0b\x32\x13.modelreg.v1.Schema\x12/\n\x0c\x64\x65pendencies\x18\n \x01(\x0b\x32\x19.modelreg.v1.Dependencies\x12\x17\n\x0f\x61rtifact_digest\x18\x0b \x01(\t\x12!\n\x05stage\x18\x0c \x01(\x0e\x32\x12.modelreg.v1.Stage\x12\x0f\n\x07\x63reator\x18\r \x01(\t\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x10 \x01(\t\x12\x0f\n\x07\x61liases\x18\x11 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*k\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x0e\n\nSTAGE_NONE\x10\x01\x12\x11\n\rSTAGE_STAGING\x10\x02\x12\x14\n\x10STAGE_PRODUCTION\x10\x03\x12\x12\n\x0eSTAGE_ARCHIVED\x10\x04*\xb7\x01\n\x0fPromotionPolicy\x12 \n\x1cPROMOTION_POLICY_UNSPECIFIED\x10\x00\x12\'\n#PROMOTION_POLICY_STAGES_AND_ALIASES\x10\x01\x12\x1b\n\x17PROMOTION_POLICY_STAGES\x10\x02\x12\x1c\n\x18PROMOTION_POLICY_ALIASES\x10\x03\x12\x1e\n\x1aPROMOTION_POLICY_IMMUTABLE\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,34 +40,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELVERSION_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_MODELVERSION_METRICSENTRY']._loaded_options = None
   _globals['_MODELVERSION_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_STAGE']._serialized_start=1727
-  _globals['_STAGE']._serialized_end=1834
-  _globals['_PROMOTIONPOLICY']._serialized_start=1837
-  _globals['_PROMOTIONPOLICY']._serialized_end=2020
+  _globals['_STAGE']._serialized_start=1754
+  _globals['_STAGE']._serialized_end=1861
+  _globals['_PROMOTIONPOLICY']._serialized_start=1864
+  _globals['_PROMOTIONPOLICY']._serialized_end=2047
   _globals['_MODEL']._serialized_start=74
-  _globals['_MODEL']._serialized_end=436
-  _globals['_MODEL_LABELSENTRY']._serialized_start=391
-  _globals['_MODEL_LABELSENTRY']._serialized_end=436
-  _globals['_DATASETREF']._serialized_start=438
-  _globals['_DATASETREF']._serialized_end=493
-  _globals['_CODEREF']._serialized_start=495
-  _globals['_CODEREF']._serialized_end=554
-  _globals['_LINEAGE']._serialized_start=557
-  _globals['_LINEAGE']._serialized_end=779
-  _globals['_LINEAGE_PARAMETERSENTRY']._serialized_start=730
-  _globals['_LINEAGE_PARAMETERSENTRY']._serialized_end=779
-  _globals['_SCHEMAFIELD']._serialized_start=781
-  _globals['_SCHEMAFIELD']._serialized_end=856
-  _globals['_SCHEMA']._serialized_start=858
-  _globals['_SCHEMA']._serialized_end=908
-  _globals['_PACKAGEREQUIREMENT']._serialized_start=910
-  _globals['_PACKAGEREQUIREMENT']._serialized_end=961
-  _globals['_DEPENDENCIES']._serialized_start=963
-  _globals['_DEPENDENCIES']._serialized_end=1052
-  _globals['_MODELVERSION']._serialized_start=1055
-  _globals['_MODELVERSION']._serialized_end=1725
-  _globals['_MODELVERSION_LABELSENTRY']._serialized_start=391
-  _globals['_MODELVERSION_LABELSENTRY']._serialized_end=436
-  _globals['_MODELVERSION_METRICSENTRY']._serialized_start=1679
-  _globals['_MODELVERSION_METRICSENTRY']._serialized_end=1725
+  _globals['_MODEL']._serialized_end=463
+  _globals['_MODEL_LABELSENTRY']._serialized_start=418
+  _globals['_MODEL_LABELSENTRY']._serialized_end=463
+  _globals['_DATASETREF']._serialized_start=465
+  _globals['_DATASETREF']._serialized_end=520
+  _globals['_CODEREF']._serialized_start=522
+  _globals['_CODEREF']._serialized_end=581
+  _globals['_LINEAGE']._serialized_start=584
+  _globals['_LINEAGE']._serialized_end=806
+  _globals['_LINEAGE_PARAMETERSENTRY']._serialized_start=757
+  _globals['_LINEAGE_PARAMETERSENTRY']._serialized_end=806
+  _globals['_SCHEMAFIELD']._serialized_start=808
+  _globals['_SCHEMAFIELD']._serialized_end=883
+  _globals['_SCHEMA']._serialized_start=885
+  _globals['_SCHEMA']._serialized_end=935
+  _globals['_PACKAGEREQUIREMENT']._serialized_start=937
+  _globals['_PACKAGEREQUIREMENT']._serialized_end=988
+  _globals['_DEPENDENCIES']._serialized_start=990
+  _globals['_DEPENDENCIES']._serialized_end=1079
+  _globals['_MODELVERSION']._serialized_start=1082
+  _globals['_MODELVERSION']._serialized_end=1752
+  _globals['_MODELVERSION_LABELSENTRY']._serialized_start=418
+  _globals['_MODELVERSION_LABELSENTRY']._serialized_end=463
+  _globals['_MODELVERSION_METRICSENTRY']._serialized_start=1706
+  _globals['_MODELVERSION_METRICSENTRY']._serialized_end=1752
 # @@protoc_insertion_point(module_scope)

@@ -120,6 +120,7 @@ class Model(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     UID_FIELD_NUMBER: _builtins.int
     PROMOTION_POLICY_FIELD_NUMBER: _builtins.int
+    PROTECTED_ALIASES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `models/{model}`. Output only on create (set from model_id)."""
     description: _builtins.str
@@ -133,7 +134,7 @@ class Model(_message.Message):
     uid: _builtins.str
     """Output only. Server-assigned unique id; differs if a model is deleted and created again."""
     promotion_policy: Global___PromotionPolicy.ValueType
-    """Promotion patterns the model allows."""
+    """Promotion patterns the model allows. Changing it needs the lead role."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Key/value labels, e.g. `team=fraud`. Keys: letter first, then letters, digits, `_`, `-`, `.`."""
@@ -145,6 +146,10 @@ class Model(_message.Message):
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. Last update time, set by the server."""
+
+    @_builtins.property
+    def protected_aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Aliases only leads and automation may move; defaults to `champion`. Changing it needs the lead role."""
 
     def __init__(
         self,
@@ -159,10 +164,11 @@ class Model(_message.Message):
         etag: _builtins.str = ...,
         uid: _builtins.str = ...,
         promotion_policy: Global___PromotionPolicy.ValueType = ...,
+        protected_aliases: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "etag", b"etag", "labels", b"labels", "latest_version", b"latest_version", "name", b"name", "owner_team", b"owner_team", "promotion_policy", b"promotion_policy", "uid", b"uid", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "etag", b"etag", "labels", b"labels", "latest_version", b"latest_version", "name", b"name", "owner_team", b"owner_team", "promotion_policy", b"promotion_policy", "protected_aliases", b"protected_aliases", "uid", b"uid", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
