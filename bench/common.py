@@ -554,7 +554,8 @@ def _run_share_in_process(workload: Workload, plan: SharePlan) -> ShareResult:
     return asyncio.run(run_share(workload, plan))
 
 
-def _ready() -> int:
+def _ready(hold_s: float) -> int:
+    time.sleep(hold_s)
     return os.getpid()
 
 
@@ -614,8 +615,14 @@ class LoadRunner:
             self._pool = ProcessPoolExecutor(
                 self.client_procs, mp_context=multiprocessing.get_context("spawn")
             )
-            # Pay for interpreter start-up and imports now, not inside a measured window.
-            pids = {f.result() for f in [self._pool.submit(_ready) for _ in range(4 * self.client_procs)]}
+            # Pay for interpreter start-up and imports now, not inside a measured window. The pool spawns a
+            # worker per submission that finds none idle, so tasks held for a moment bring every worker up.
+            pids: set[int] = set()
+            for _ in range(5):
+                batch = [self._pool.submit(_ready, 0.5) for _ in range(self.client_procs)]
+                pids.update(f.result() for f in batch)
+                if len(pids) >= self.client_procs:
+                    break
             log(f"client processes ready: {sorted(pids)}")
 
     def run(self, workload: Workload, address: str, concurrency: int) -> LoadResult:

@@ -106,7 +106,8 @@ async def serve(settings: Settings) -> int:
 
     audit_log = AuditLog(db, tokens)
     access = AccessControl(db, audit_log)
-    catalog = Catalog(db, tokens, on_commit=committed)
+    artifacts = await open_artifacts(settings, db)
+    catalog = Catalog(db, tokens, on_commit=committed, artifacts=artifacts)
     model_registry_service_pb2_grpc.add_ModelRegistryServiceServicer_to_server(
         RegistryServicer(catalog, access), server
     )
@@ -119,7 +120,6 @@ async def serve(settings: Settings) -> int:
     access_service_pb2_grpc.add_AccessServiceServicer_to_server(
         AccessServicer(access, audit_log, tokens), server
     )
-    artifacts = await open_artifacts(settings, db)
     artifact_service_pb2_grpc.add_ArtifactServiceServicer_to_server(
         ArtifactServicer(artifacts, access), server
     )

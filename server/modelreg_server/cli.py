@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 from modelreg_server.config import Settings
@@ -21,6 +23,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--database-url", help="PostgreSQL URL (env MODELREG_DATABASE_URL)")
     migrate = sub.add_parser("migrate", help="apply pending database migrations and exit")
     migrate.add_argument("--database-url", help="PostgreSQL URL (env MODELREG_DATABASE_URL)")
+    gc = sub.add_parser("gc", help="collect garbage: stale uploads, staging objects, unreferenced blobs")
+    gc.add_argument("--database-url", help="PostgreSQL URL (env MODELREG_DATABASE_URL)")
+    gc.add_argument(
+        "--grace-hours", type=float, default=24.0, help="keep blobs touched this recently (default 24)"
+    )
+    gc.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
     boot = sub.add_parser("bootstrap-admin", help="create the first admin principal and print a token for it")
     boot.add_argument("--database-url", help="PostgreSQL URL (env MODELREG_DATABASE_URL)")
     boot.add_argument("--principal", default="admin", help="principal id (default admin)")
@@ -44,6 +52,19 @@ async def _migrate(settings: Settings) -> int:
         return 2
     await db.close()
     print("migrations applied")
+    return 0
+
+
+async def _gc(settings: Settings, grace: timedelta, dry_run: bool) -> int:
+    from modelreg_server.domain.errors import RegistryError
+    from modelreg_server.domain.gc import run_gc
+
+    try:
+        report = await run_gc(settings, grace=grace, dry_run=dry_run)
+    except RegistryError as exc:
+        print(f"modelreg-server gc: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.as_dict(), indent=2))
     return 0
 
 
@@ -92,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         return code
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
+    if args.command == "gc":
+        return asyncio.run(_gc(settings, timedelta(hours=args.grace_hours), args.dry_run))
     if args.command == "bootstrap-admin":
         token = asyncio.run(_bootstrap(settings, args.principal))
         return 2 if token is None else _write_token(token, args.principal, args.output)

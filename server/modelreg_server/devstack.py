@@ -742,9 +742,11 @@ def _print_banner(address: str, settings: dict[str, str], listening: bool) -> No
         f"  PostgreSQL   : {settings['MODELREG_DATABASE_URL']}",
         f"  S3           : {settings['MODELREG_S3_ENDPOINT']} bucket {settings['MODELREG_S3_BUCKET']}",
         "",
-        "Connect with:",
+        "Connect with (the SDK and CLI also read .modelreg/admin.token by themselves):",
         f"  export MODELREG_ADDRESS={address}",
+        '  export MODELREG_TOKEN="$(cat .modelreg/admin.token)"',
         "  .venv/bin/buf curl --protocol grpc --http2-prior-knowledge "
+        '-H "authorization: Bearer $MODELREG_TOKEN" '
         f"http://{address}/modelreg.v1.ModelRegistryService/ListModels",
         "",
         "Press Ctrl-C to stop.",
@@ -753,9 +755,27 @@ def _print_banner(address: str, settings: dict[str, str], listening: bool) -> No
     print("\n".join(lines), flush=True)
 
 
-def _serve(stack: contextlib.ExitStack, data_root: Path, listen: str, argv: Sequence[str]) -> int:
+def _ensure_admin_token(data_root: Path, env: dict[str, str]) -> None:
+    """Creates the first admin and writes its token to data_root/admin.token, once (the SDK reads it)."""
+    token_file = data_root / "admin.token"
+    if token_file.exists():
+        _say(f"admin token: {token_file}")
+        return
+    subprocess.run(
+        [sys.executable, "-m", "modelreg_server", "bootstrap-admin", "--output", str(token_file)],
+        env=env,
+        check=True,
+        timeout=120,
+    )
+
+
+def _serve(
+    stack: contextlib.ExitStack, data_root: Path, listen: str, argv: Sequence[str], *, bootstrap: bool
+) -> int:
     settings = _start_services(stack, data_root)
     env = {**os.environ, **settings}
+    if bootstrap:
+        _ensure_admin_token(data_root, env)
     _say(f"starting the registry server: {shlex.join(argv)}")
     server = subprocess.Popen(list(argv), env=env, start_new_session=True)
     stack.callback(_stop_logged, "the registry server", lambda: _stop_child(server, _SERVER_STOP_GRACE))
@@ -795,7 +815,7 @@ def run_dev(data_root: Path, listen: str, *, server_argv: Sequence[str] | None =
     try:
         with contextlib.ExitStack() as stack:
             try:
-                return _serve(stack, data_root, listen, argv)
+                return _serve(stack, data_root, listen, argv, bootstrap=server_argv is None)
             except _StopRequestedError as stop:
                 _say(f"received {signal.Signals(stop.signum).name}, shutting down")
                 return 0

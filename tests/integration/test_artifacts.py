@@ -4,7 +4,6 @@ domain level in the test's event loop against the same database and bucket."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import time
 import urllib.request
@@ -29,6 +28,7 @@ from modelreg_server.domain.manifest import Manifest, ManifestFile, canonical_by
 from modelreg_server.storage.blobstore import BlobStore, blob_key
 from modelreg_server.storage.db import Connection, Database, create_pool
 from tests.integration.conftest import TEST_BUCKET
+from tests.support.packages import chunks_of, header, messages, publish, sha, upload
 from tests.support.rpc import channel as open_channel
 from tests.support.rpc import fails
 from tests.support.server import ServerProcess
@@ -41,35 +41,6 @@ Code = grpc.StatusCode
 MiB = 1024 * 1024
 PART = 8 * MiB
 T = TypeVar("T")
-
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def chunks_of(data: bytes, size: int = MiB) -> list[bytes]:
-    return [data[i : i + size] for i in range(0, len(data), size)]
-
-
-def header(
-    digest: str = "", size: int | None = None, upload_id: str = "", offset: int = 0
-) -> pb.UploadBlobRequest:
-    h = pb.UploadHeader(digest=digest, upload_id=upload_id, write_offset=offset)
-    if size is not None:
-        h.size = size
-    return pb.UploadBlobRequest(header=h)
-
-
-def messages(first: pb.UploadBlobRequest, data: bytes, *, finish: bool = False) -> list[pb.UploadBlobRequest]:
-    out = [first] + [pb.UploadBlobRequest(chunk=c) for c in chunks_of(data)]
-    if finish:
-        out.append(pb.UploadBlobRequest(finish_write=True))
-    return out
-
-
-async def upload(stub: Stub, data: bytes, *, declare: bool = True) -> pb.UploadBlobResponse:
-    first = header(sha(data), len(data)) if declare else header()
-    return await stub.UploadBlob(iter(messages(first, data)))
 
 
 def open_upload(stub: Stub) -> grpc.aio.StreamUnaryCall[pb.UploadBlobRequest, pb.UploadBlobResponse]:
@@ -363,16 +334,6 @@ async def test_cancel_upload_discards_the_session(stub: Stub, store: BlobStore) 
 
 
 # --- packages --------------------------------------------------------------------------------------------
-
-
-async def publish(stub: Stub, files: dict[str, bytes], fmt: str = "onnx") -> tuple[str, Manifest]:
-    """Uploads the files and the canonical manifest; returns the manifest digest."""
-    for content in files.values():
-        await upload(stub, content)
-    manifest = Manifest.of(fmt, [ManifestFile(p, sha(c), len(c)) for p, c in files.items()])
-    data = canonical_bytes(manifest)
-    await upload(stub, data)
-    return sha(data), manifest
 
 
 async def test_verify_package(stub: Stub, artifacts: Artifacts, db: Database) -> None:

@@ -14,12 +14,16 @@ from google.protobuf import field_mask_pb2
 
 from modelreg.v1 import model_pb2
 from modelreg.v1 import model_registry_service_pb2 as pb
+from modelreg.v1.artifact_service_pb2_grpc import ArtifactServiceStub
 from modelreg.v1.model_registry_service_pb2_grpc import ModelRegistryServiceStub
+from modelreg_server.domain.manifest import Manifest, ManifestFile, canonical_bytes
+from tests.support.packages import publish, sha, upload
 from tests.support.rpc import channel as open_channel
 from tests.support.rpc import fails
 from tests.support.server import ServerProcess
 
 if TYPE_CHECKING:
+    from modelreg.v1.artifact_service_pb2_grpc import ArtifactServiceAsyncStub as ArtifactStub
     from modelreg.v1.model_registry_service_pb2_grpc import ModelRegistryServiceAsyncStub as AsyncStub
 
 Code = grpc.StatusCode
@@ -34,6 +38,39 @@ def new_id(prefix: str = "m") -> str:
 async def stub(server_address: str) -> AsyncIterator[AsyncStub]:
     async with open_channel(server_address) as channel:
         yield ModelRegistryServiceStub(channel)
+
+
+@pytest.fixture
+async def artifacts(server_address: str) -> AsyncIterator[ArtifactStub]:
+    async with open_channel(server_address) as channel:
+        yield ArtifactServiceStub(channel)
+
+
+async def test_a_version_never_points_at_missing_bytes(stub: AsyncStub, artifacts: ArtifactStub) -> None:
+    model_id = await make_model(stub)
+    nowhere = await fails(
+        stub.CreateModelVersion(version_request(model_id, artifact_digest=sha(b"never uploaded")))
+    )
+    assert (nowhere.code, nowhere.reason) == (Code.FAILED_PRECONDITION, "BLOBS_MISSING")
+    weights = b"weights that were never uploaded"
+    manifest = Manifest.of("sklearn", [ManifestFile("model.pkl", sha(weights), len(weights))])
+    await upload(artifacts, canonical_bytes(manifest))
+    partial = await fails(
+        stub.CreateModelVersion(version_request(model_id, artifact_digest=sha(canonical_bytes(manifest))))
+    )
+    assert (partial.code, partial.reason) == (Code.FAILED_PRECONDITION, "BLOBS_MISSING")
+    assert [v[1] for v in partial.precondition_violations] == [sha(weights)]
+    await upload(artifacts, weights)
+    created = await stub.CreateModelVersion(
+        version_request(model_id, artifact_digest=sha(canonical_bytes(manifest)))
+    )
+    assert created.version == 1
+    found = await stub.ListModelVersions(
+        pb.ListModelVersionsRequest(
+            parent="models/-", filter=f'artifact_digest = "{created.artifact_digest}"'
+        )
+    )
+    assert [v.name for v in found.model_versions] == [created.name]
 
 
 async def make_model(stub: AsyncStub, **labels: str) -> str:
@@ -138,10 +175,10 @@ async def test_request_id_makes_registration_idempotent(stub: AsyncStub) -> None
     assert (await stub.GetModel(pb.GetModelRequest(name=f"models/{model_id}"))).latest_version == 1
 
 
-async def test_version_metadata_round_trips(stub: AsyncStub) -> None:
+async def test_version_metadata_round_trips(stub: AsyncStub, artifacts: ArtifactStub) -> None:
     model_id = await make_model(stub)
     parent = await stub.CreateModelVersion(version_request(model_id, run_id="base"))
-    digest = "sha256:" + "ab" * 32
+    digest, _ = await publish(artifacts, {"model.onnx": b"weights", "README": b"hello"})
     mv = model_pb2.ModelVersion(
         run_id="run-42",
         description="gbm",

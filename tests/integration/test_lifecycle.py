@@ -17,13 +17,16 @@ from modelreg.routing import pick_route
 from modelreg.v1 import lifecycle_service_pb2 as lc
 from modelreg.v1 import model_pb2
 from modelreg.v1 import model_registry_service_pb2 as pb
+from modelreg.v1.artifact_service_pb2_grpc import ArtifactServiceStub
 from modelreg.v1.lifecycle_service_pb2_grpc import LifecycleServiceStub, ServingServiceStub
 from modelreg.v1.model_registry_service_pb2_grpc import ModelRegistryServiceStub
+from tests.support.packages import publish
 from tests.support.rpc import channel as open_channel
 from tests.support.rpc import fails
 from tests.support.server import ServerProcess
 
 if TYPE_CHECKING:
+    from modelreg.v1.artifact_service_pb2_grpc import ArtifactServiceAsyncStub
     from modelreg.v1.lifecycle_service_pb2_grpc import LifecycleServiceAsyncStub, ServingServiceAsyncStub
     from modelreg.v1.model_registry_service_pb2_grpc import ModelRegistryServiceAsyncStub
 
@@ -43,14 +46,19 @@ class Client:
         self.registry: ModelRegistryServiceAsyncStub = ModelRegistryServiceStub(channel)
         self.lifecycle: LifecycleServiceAsyncStub = LifecycleServiceStub(channel)
         self.serving: ServingServiceAsyncStub = ServingServiceStub(channel)
+        self.artifacts: ArtifactServiceAsyncStub = ArtifactServiceStub(channel)
 
-    async def model(self, versions: int = 3, policy: int = 0) -> str:
+    async def model(self, versions: int = 3, policy: int = 0, *, packages: bool = True) -> str:
         model_id = f"lc-{uuid.uuid4().hex[:12]}"
         await self.registry.CreateModel(
             pb.CreateModelRequest(model_id=model_id, model=model_pb2.Model(promotion_policy=policy))  # type: ignore[arg-type]
         )
         for i in range(versions):
-            digest = f"sha256:{i:064x}"
+            digest = (
+                (await publish(self.artifacts, {"model.bin": f"{model_id}-{i}".encode()}))[0]
+                if packages
+                else ""
+            )
             await self.registry.CreateModelVersion(
                 pb.CreateModelVersionRequest(
                     parent=f"models/{model_id}", model_version=model_pb2.ModelVersion(artifact_digest=digest)
@@ -120,9 +128,7 @@ async def test_stage_moves_follow_the_documented_graph(client: Client) -> None:
         ("1", STAGING, PRODUCTION),
         ("1", NONE, STAGING),
     ]
-    assert all(
-        t.actor == "admin" and t.comment == "c" and t.revision > 0 for t in history.stage_transitions
-    )
+    assert all(t.actor == "admin" and t.comment == "c" and t.revision > 0 for t in history.stage_transitions)
     assert [t.revision for t in history.stage_transitions] == sorted(
         (t.revision for t in history.stage_transitions), reverse=True
     )
@@ -137,7 +143,7 @@ async def test_one_production_version_under_100_concurrent_promotions_on_two_rep
         open_channel(replica.address) as second,
     ):
         clients = [Client(first), Client(second)]
-        model_id = await clients[0].model(versions=100)
+        model_id = await clients[0].model(versions=100, packages=False)
         await asyncio.gather(*(clients[v % 2].move(model_id, v, STAGING) for v in range(1, 101)))
         observed: list[int] = []
         done = asyncio.Event()
@@ -186,7 +192,11 @@ async def test_alias_set_resolve_cas_and_history(client: Client) -> None:
         1,
     )
     resolved = await client.resolve(model_id, "champion")
-    assert (resolved.version, resolved.artifact_digest, resolved.stage) == (1, f"sha256:{1 - 1:064x}", NONE)
+    first = await client.registry.GetModelVersion(
+        pb.GetModelVersionRequest(name=f"models/{model_id}/versions/1")
+    )
+    assert (resolved.version, resolved.artifact_digest, resolved.stage) == (1, first.artifact_digest, NONE)
+    assert resolved.artifact_digest.startswith("sha256:")
     exists = await fails(client.set_alias(model_id, "champion", 2, expected="-"))
     assert (exists.code, exists.reason) == (Code.ABORTED, "ALIAS_MOVED")
     stale = await fails(client.set_alias(model_id, "champion", 2, expected=f"models/{model_id}/versions/3"))

@@ -10,8 +10,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from modelreg_server.domain import audit, errors
+from modelreg_server.domain.artifacts import Artifacts, lock_package
 from modelreg_server.domain.filtering import FilterError, Node, parse_filter
 from modelreg_server.domain.lifecycle import CommitHook, resolve_ref
+from modelreg_server.domain.manifest import Manifest
 from modelreg_server.domain.names import VersionRef, model_name, parse_version_name, version_name
 from modelreg_server.domain.ordering import OrderByError, OrderKey, parse_order_by
 from modelreg_server.domain.pagination import PageSizeError, PageTokenCodec, PageTokenError, resolve_page_size
@@ -77,10 +79,17 @@ class _ParsedQuery:
 class Catalog:
     """Models and versions."""
 
-    def __init__(self, db: Database, tokens: PageTokenCodec, on_commit: CommitHook | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        tokens: PageTokenCodec,
+        on_commit: CommitHook | None = None,
+        artifacts: Artifacts | None = None,
+    ) -> None:
         self._db = db
         self._tokens = tokens
         self._on_commit = on_commit
+        self._artifacts = artifacts
 
     def _committed(self, model_id: str, revision: int | None) -> None:
         if revision is not None and self._on_commit is not None:
@@ -194,6 +203,7 @@ class Catalog:
         """Registers the next version of a model. A repeated request id returns the first result."""
         request_hash = hashlib.sha256(json.dumps(asdict(new), sort_keys=True).encode()).digest()
         parents = [parse_version_name(p, "model_version.lineage.parent_versions") for p in _parents(new)]
+        manifest = await self._verify_package(new.artifact_digest) if new.artifact_digest else None
 
         async def work(conn: Connection) -> VersionRecord:
             # The row lock serialises registrations of one model across every replica, which makes the
@@ -204,6 +214,9 @@ class Catalog:
                 if earlier is not None:
                     return _replay(earlier, request_hash, request_id)
             await _check_parents_exist(conn, parents)
+            if manifest is not None:
+                # Share-locks the package's blob rows: garbage collection cannot delete them under us.
+                await lock_package(conn, new.artifact_digest, manifest)
             number = await model_repo.allocate_version(conn, model_id)
             created = await version_repo.insert(
                 conn,
@@ -223,6 +236,24 @@ class Catalog:
             return created
 
         return await self._db.transact(work)
+
+    async def _verify_package(self, digest: str) -> Manifest:
+        if self._artifacts is None:
+            raise errors.FailedPrecondition(
+                "artifact storage is not configured (set MODELREG_S3_ENDPOINT), so artifact_digest cannot be "
+                "checked",
+                "STORAGE_NOT_CONFIGURED",
+            )
+        try:
+            return await self._artifacts.verify_package(digest)
+        except errors.NotFound as exc:
+            # The manifest is one more missing blob: the version would point at bytes that are not there.
+            raise errors.FailedPrecondition(
+                f"artifact_digest {digest} names no uploaded manifest; upload the package first",
+                "BLOBS_MISSING",
+                {"missing": digest},
+                [errors.PreconditionViolation("BLOB_MISSING", digest, "the manifest blob is not in the store")],
+            ) from exc
 
     async def get_version(self, ref: VersionRef) -> VersionRecord:
         """The version a name or `models/m@alias` reference points at, or NOT_FOUND."""

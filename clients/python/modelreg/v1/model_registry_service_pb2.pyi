@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from modelreg.v1 import model_pb2 as _model_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +20,90 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _MetricPresence:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MetricPresenceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MetricPresence.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    METRIC_PRESENCE_UNSPECIFIED: _MetricPresence.ValueType  # 0
+    """Not set."""
+    METRIC_PRESENCE_BOTH: _MetricPresence.ValueType  # 1
+    """Both versions report the metric."""
+    METRIC_PRESENCE_BASELINE_ONLY: _MetricPresence.ValueType  # 2
+    """Only the baseline reports it; `value`, `delta` and `relative` are unset."""
+    METRIC_PRESENCE_VERSION_ONLY: _MetricPresence.ValueType  # 3
+    """Only the compared version reports it; `baseline`, `delta` and `relative` are unset."""
+
+class MetricPresence(_MetricPresence, metaclass=_MetricPresenceEnumTypeWrapper):
+    """Which of the two versions carry a metric."""
+
+METRIC_PRESENCE_UNSPECIFIED: MetricPresence.ValueType  # 0
+"""Not set."""
+METRIC_PRESENCE_BOTH: MetricPresence.ValueType  # 1
+"""Both versions report the metric."""
+METRIC_PRESENCE_BASELINE_ONLY: MetricPresence.ValueType  # 2
+"""Only the baseline reports it; `value`, `delta` and `relative` are unset."""
+METRIC_PRESENCE_VERSION_ONLY: MetricPresence.ValueType  # 3
+"""Only the compared version reports it; `baseline`, `delta` and `relative` are unset."""
+Global___MetricPresence: _TypeAlias = MetricPresence  # noqa: Y015
+
+class _SchemaProblemKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SchemaProblemKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SchemaProblemKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SCHEMA_PROBLEM_KIND_UNSPECIFIED: _SchemaProblemKind.ValueType  # 0
+    """Not set."""
+    SCHEMA_PROBLEM_KIND_MISSING_FIELD: _SchemaProblemKind.ValueType  # 1
+    """A field the other side needs is missing."""
+    SCHEMA_PROBLEM_KIND_DTYPE_MISMATCH: _SchemaProblemKind.ValueType  # 2
+    """The field exists on both sides with different dtypes."""
+    SCHEMA_PROBLEM_KIND_SHAPE_MISMATCH: _SchemaProblemKind.ValueType  # 3
+    """The field exists on both sides with different ranks or a different fixed dimension."""
+
+class SchemaProblemKind(_SchemaProblemKind, metaclass=_SchemaProblemKindEnumTypeWrapper):
+    """Kind of a schema incompatibility."""
+
+SCHEMA_PROBLEM_KIND_UNSPECIFIED: SchemaProblemKind.ValueType  # 0
+"""Not set."""
+SCHEMA_PROBLEM_KIND_MISSING_FIELD: SchemaProblemKind.ValueType  # 1
+"""A field the other side needs is missing."""
+SCHEMA_PROBLEM_KIND_DTYPE_MISMATCH: SchemaProblemKind.ValueType  # 2
+"""The field exists on both sides with different dtypes."""
+SCHEMA_PROBLEM_KIND_SHAPE_MISMATCH: SchemaProblemKind.ValueType  # 3
+"""The field exists on both sides with different ranks or a different fixed dimension."""
+Global___SchemaProblemKind: _TypeAlias = SchemaProblemKind  # noqa: Y015
+
+class _DiffKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DiffKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DiffKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DIFF_KIND_UNSPECIFIED: _DiffKind.ValueType  # 0
+    """Not set."""
+    DIFF_KIND_ADDED: _DiffKind.ValueType  # 1
+    """Present only in the compared version."""
+    DIFF_KIND_REMOVED: _DiffKind.ValueType  # 2
+    """Present only in the baseline."""
+    DIFF_KIND_CHANGED: _DiffKind.ValueType  # 3
+    """Present in both with different values."""
+
+class DiffKind(_DiffKind, metaclass=_DiffKindEnumTypeWrapper):
+    """Kind of a difference between two versions."""
+
+DIFF_KIND_UNSPECIFIED: DiffKind.ValueType  # 0
+"""Not set."""
+DIFF_KIND_ADDED: DiffKind.ValueType  # 1
+"""Present only in the compared version."""
+DIFF_KIND_REMOVED: DiffKind.ValueType  # 2
+"""Present only in the baseline."""
+DIFF_KIND_CHANGED: DiffKind.ValueType  # 3
+"""Present in both with different values."""
+Global___DiffKind: _TypeAlias = DiffKind  # noqa: Y015
 
 @_typing.final
 class CreateModelRequest(_message.Message):
@@ -351,3 +436,364 @@ class UpdateModelVersionRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateModelVersionRequest: _TypeAlias = UpdateModelVersionRequest  # noqa: Y015
+
+@_typing.final
+class CompareModelVersionsRequest(_message.Message):
+    """Request for CompareModelVersions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """2 to 10 versions, `models/{model}/versions/{version}` or `models/{model}@{alias}`. The first is the
+        baseline; each of the others is compared with it.
+        """
+
+    def __init__(
+        self,
+        *,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareModelVersionsRequest: _TypeAlias = CompareModelVersionsRequest  # noqa: Y015
+
+@_typing.final
+class CompareModelVersionsResponse(_message.Message):
+    """Response of CompareModelVersions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BASELINE_FIELD_NUMBER: _builtins.int
+    COMPARISONS_FIELD_NUMBER: _builtins.int
+    baseline: _builtins.str
+    """The baseline, `models/{model}/versions/{version}` (an alias resolved to its version)."""
+    @_builtins.property
+    def comparisons(self) -> _containers.RepeatedCompositeFieldContainer[Global___VersionComparison]:
+        """One comparison for each version after the first, in request order."""
+
+    def __init__(
+        self,
+        *,
+        baseline: _builtins.str = ...,
+        comparisons: _abc.Iterable[Global___VersionComparison] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "comparisons", b"comparisons"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareModelVersionsResponse: _TypeAlias = CompareModelVersionsResponse  # noqa: Y015
+
+@_typing.final
+class VersionComparison(_message.Message):
+    """How one version differs from the baseline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    METRIC_DELTAS_FIELD_NUMBER: _builtins.int
+    INPUT_SCHEMA_FIELD_NUMBER: _builtins.int
+    OUTPUT_SCHEMA_FIELD_NUMBER: _builtins.int
+    DEPENDENCY_CHANGES_FIELD_NUMBER: _builtins.int
+    PYTHON_VERSION_CHANGED_FIELD_NUMBER: _builtins.int
+    BASELINE_PYTHON_VERSION_FIELD_NUMBER: _builtins.int
+    PYTHON_VERSION_FIELD_NUMBER: _builtins.int
+    LINEAGE_FIELD_NUMBER: _builtins.int
+    model_version: _builtins.str
+    """The compared version, `models/{model}/versions/{version}` (an alias resolved to its version)."""
+    python_version_changed: _builtins.bool
+    """Whether the Python version differs from the baseline's."""
+    baseline_python_version: _builtins.str
+    """The baseline's Python version, e.g. `3.11`; empty when not declared."""
+    python_version: _builtins.str
+    """This version's Python version; empty when not declared."""
+    @_builtins.property
+    def metric_deltas(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricDelta]:
+        """One entry per metric of either version, by name."""
+
+    @_builtins.property
+    def input_schema(self) -> Global___SchemaCompatibility:
+        """Whether this version accepts the baseline's inputs: every required input field of this version
+        exists in the baseline's input schema with the same dtype and a compatible shape.
+        """
+
+    @_builtins.property
+    def output_schema(self) -> Global___SchemaCompatibility:
+        """Whether this version still produces the baseline's outputs: every output field of the baseline
+        exists in this version's output schema with the same dtype and a compatible shape.
+        """
+
+    @_builtins.property
+    def dependency_changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___DependencyChange]:
+        """Packages added, removed or pinned to another version, by name."""
+
+    @_builtins.property
+    def lineage(self) -> Global___LineageDiff:
+        """Differences in datasets, code, parameters and training run."""
+
+    def __init__(
+        self,
+        *,
+        model_version: _builtins.str = ...,
+        metric_deltas: _abc.Iterable[Global___MetricDelta] | None = ...,
+        input_schema: Global___SchemaCompatibility | None = ...,
+        output_schema: Global___SchemaCompatibility | None = ...,
+        dependency_changes: _abc.Iterable[Global___DependencyChange] | None = ...,
+        python_version_changed: _builtins.bool = ...,
+        baseline_python_version: _builtins.str = ...,
+        python_version: _builtins.str = ...,
+        lineage: Global___LineageDiff | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input_schema", b"input_schema", "lineage", b"lineage", "output_schema", b"output_schema"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_python_version", b"baseline_python_version", "dependency_changes", b"dependency_changes", "input_schema", b"input_schema", "lineage", b"lineage", "metric_deltas", b"metric_deltas", "model_version", b"model_version", "output_schema", b"output_schema", "python_version", b"python_version", "python_version_changed", b"python_version_changed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionComparison: _TypeAlias = VersionComparison  # noqa: Y015
+
+@_typing.final
+class MetricDelta(_message.Message):
+    """One metric of a version next to the baseline's."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    BASELINE_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    RELATIVE_FIELD_NUMBER: _builtins.int
+    PRESENCE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Metric name, e.g. `auc`."""
+    baseline: _builtins.float
+    """The baseline's value; unset when the baseline lacks the metric."""
+    value: _builtins.float
+    """The compared version's value; unset when it lacks the metric."""
+    delta: _builtins.float
+    """`value - baseline`; unset unless both are present."""
+    relative: _builtins.float
+    """`delta / |baseline|`; unset unless both are present and the baseline is not zero."""
+    presence: Global___MetricPresence.ValueType
+    """Which versions carry the metric."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        baseline: _builtins.float | None = ...,
+        value: _builtins.float | None = ...,
+        delta: _builtins.float | None = ...,
+        relative: _builtins.float | None = ...,
+        presence: Global___MetricPresence.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_baseline", b"_baseline", "_delta", b"_delta", "_relative", b"_relative", "_value", b"_value", "baseline", b"baseline", "delta", b"delta", "relative", b"relative", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_baseline", b"_baseline", "_delta", b"_delta", "_relative", b"_relative", "_value", b"_value", "baseline", b"baseline", "delta", b"delta", "name", b"name", "presence", b"presence", "relative", b"relative", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__baseline: _TypeAlias = _typing.Literal["baseline"]  # noqa: Y015
+    _WhichOneofArgType__baseline: _TypeAlias = _typing.Literal["_baseline", b"_baseline"]  # noqa: Y015
+    _WhichOneofReturnType__delta: _TypeAlias = _typing.Literal["delta"]  # noqa: Y015
+    _WhichOneofArgType__delta: _TypeAlias = _typing.Literal["_delta", b"_delta"]  # noqa: Y015
+    _WhichOneofReturnType__relative: _TypeAlias = _typing.Literal["relative"]  # noqa: Y015
+    _WhichOneofArgType__relative: _TypeAlias = _typing.Literal["_relative", b"_relative"]  # noqa: Y015
+    _WhichOneofReturnType__value: _TypeAlias = _typing.Literal["value"]  # noqa: Y015
+    _WhichOneofArgType__value: _TypeAlias = _typing.Literal["_value", b"_value"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__baseline) -> _WhichOneofReturnType__baseline | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__delta) -> _WhichOneofReturnType__delta | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__relative) -> _WhichOneofReturnType__relative | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__value) -> _WhichOneofReturnType__value | None: ...
+
+Global___MetricDelta: _TypeAlias = MetricDelta  # noqa: Y015
+
+@_typing.final
+class SchemaProblem(_message.Message):
+    """One reason two schemas are incompatible."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """The schema field concerned."""
+    kind: Global___SchemaProblemKind.ValueType
+    """What is wrong."""
+    description: _builtins.str
+    """Human-readable explanation, e.g. `dtype float32 in the baseline, float64 here`."""
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        kind: Global___SchemaProblemKind.ValueType = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "field", b"field", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SchemaProblem: _TypeAlias = SchemaProblem  # noqa: Y015
+
+@_typing.final
+class SchemaCompatibility(_message.Message):
+    """Compatibility of one schema (input or output) with the baseline's."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPATIBLE_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    DECLARED_FIELD_NUMBER: _builtins.int
+    compatible: _builtins.bool
+    """True when there are no problems. A shape dimension of -1 matches any size; ranks must be equal."""
+    declared: _builtins.bool
+    """Whether both versions declare this schema (at least one field each). When false, the verdict
+    compares against an empty field list.
+    """
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___SchemaProblem]:
+        """Every problem found, by field name."""
+
+    def __init__(
+        self,
+        *,
+        compatible: _builtins.bool = ...,
+        problems: _abc.Iterable[Global___SchemaProblem] | None = ...,
+        declared: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compatible", b"compatible", "declared", b"declared", "problems", b"problems"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SchemaCompatibility: _TypeAlias = SchemaCompatibility  # noqa: Y015
+
+@_typing.final
+class DependencyChange(_message.Message):
+    """A package requirement that differs from the baseline's."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    BASELINE_VERSION_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Package name as the compared version spells it (the baseline's for removals). Names are matched
+    case-insensitively, treating `-`, `_` and `.` alike.
+    """
+    baseline_version: _builtins.str
+    """The baseline's pinned version; empty when added."""
+    version: _builtins.str
+    """The compared version's pinned version; empty when removed."""
+    change: Global___DiffKind.ValueType
+    """Added, removed or changed."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        baseline_version: _builtins.str = ...,
+        version: _builtins.str = ...,
+        change: Global___DiffKind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_version", b"baseline_version", "change", b"change", "name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DependencyChange: _TypeAlias = DependencyChange  # noqa: Y015
+
+@_typing.final
+class ParameterChange(_message.Message):
+    """A training parameter that differs from the baseline's."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    BASELINE_VALUE_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Parameter name."""
+    baseline_value: _builtins.str
+    """The baseline's value; empty when added."""
+    value: _builtins.str
+    """The compared version's value; empty when removed."""
+    change: Global___DiffKind.ValueType
+    """Added, removed or changed."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        baseline_value: _builtins.str = ...,
+        value: _builtins.str = ...,
+        change: Global___DiffKind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_value", b"baseline_value", "change", b"change", "name", b"name", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParameterChange: _TypeAlias = ParameterChange  # noqa: Y015
+
+@_typing.final
+class LineageDiff(_message.Message):
+    """Lineage differences between a version and the baseline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASETS_ADDED_FIELD_NUMBER: _builtins.int
+    DATASETS_REMOVED_FIELD_NUMBER: _builtins.int
+    CODE_CHANGED_FIELD_NUMBER: _builtins.int
+    PARAMETERS_CHANGED_FIELD_NUMBER: _builtins.int
+    RUN_ID_CHANGED_FIELD_NUMBER: _builtins.int
+    PARENT_VERSIONS_CHANGED_FIELD_NUMBER: _builtins.int
+    code_changed: _builtins.bool
+    """Whether the code reference (repository, commit or path) differs."""
+    run_id_changed: _builtins.bool
+    """Whether the training run id differs."""
+    parent_versions_changed: _builtins.bool
+    """Whether the set of parent versions differs."""
+    @_builtins.property
+    def datasets_added(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.DatasetRef]:
+        """Datasets (uri, digest and role) only the compared version used."""
+
+    @_builtins.property
+    def datasets_removed(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.DatasetRef]:
+        """Datasets only the baseline used."""
+
+    @_builtins.property
+    def parameters_changed(self) -> _containers.RepeatedCompositeFieldContainer[Global___ParameterChange]:
+        """Training parameters that differ, by name."""
+
+    def __init__(
+        self,
+        *,
+        datasets_added: _abc.Iterable[_model_pb2.DatasetRef] | None = ...,
+        datasets_removed: _abc.Iterable[_model_pb2.DatasetRef] | None = ...,
+        code_changed: _builtins.bool = ...,
+        parameters_changed: _abc.Iterable[Global___ParameterChange] | None = ...,
+        run_id_changed: _builtins.bool = ...,
+        parent_versions_changed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_changed", b"code_changed", "datasets_added", b"datasets_added", "datasets_removed", b"datasets_removed", "parameters_changed", b"parameters_changed", "parent_versions_changed", b"parent_versions_changed", "run_id_changed", b"run_id_changed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LineageDiff: _TypeAlias = LineageDiff  # noqa: Y015

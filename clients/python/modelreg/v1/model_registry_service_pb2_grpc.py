@@ -82,6 +82,11 @@ class ModelRegistryServiceStub:
                 request_serializer=modelreg_dot_v1_dot_model__registry__service__pb2.UpdateModelVersionRequest.SerializeToString,
                 response_deserializer=modelreg_dot_v1_dot_model__pb2.ModelVersion.FromString,
                 _registered_method=True)
+        self.CompareModelVersions = channel.unary_unary(
+                '/modelreg.v1.ModelRegistryService/CompareModelVersions',
+                request_serializer=modelreg_dot_v1_dot_model__registry__service__pb2.CompareModelVersionsRequest.SerializeToString,
+                response_deserializer=modelreg_dot_v1_dot_model__registry__service__pb2.CompareModelVersionsResponse.FromString,
+                _registered_method=True)
 
 
 class ModelRegistryServiceServicer:
@@ -151,6 +156,14 @@ class ModelRegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompareModelVersions(self, request, context):
+        """Compares versions with a baseline: metric deltas, schema compatibility, dependency and lineage
+        differences. Versions may belong to different models; needs read access to each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelRegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -198,6 +211,11 @@ def add_ModelRegistryServiceServicer_to_server(servicer, server):
                     servicer.UpdateModelVersion,
                     request_deserializer=modelreg_dot_v1_dot_model__registry__service__pb2.UpdateModelVersionRequest.FromString,
                     response_serializer=modelreg_dot_v1_dot_model__pb2.ModelVersion.SerializeToString,
+            ),
+            'CompareModelVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareModelVersions,
+                    request_deserializer=modelreg_dot_v1_dot_model__registry__service__pb2.CompareModelVersionsRequest.FromString,
+                    response_serializer=modelreg_dot_v1_dot_model__registry__service__pb2.CompareModelVersionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -444,6 +462,33 @@ class ModelRegistryService:
             '/modelreg.v1.ModelRegistryService/UpdateModelVersion',
             modelreg_dot_v1_dot_model__registry__service__pb2.UpdateModelVersionRequest.SerializeToString,
             modelreg_dot_v1_dot_model__pb2.ModelVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareModelVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelreg.v1.ModelRegistryService/CompareModelVersions',
+            modelreg_dot_v1_dot_model__registry__service__pb2.CompareModelVersionsRequest.SerializeToString,
+            modelreg_dot_v1_dot_model__registry__service__pb2.CompareModelVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,10 @@ class ModelRegistryServiceStub:
     """Lists versions of a model (or of every model with parent `models/-`)."""
     UpdateModelVersion: _grpc.UnaryUnaryMultiCallable[_model_registry_service_pb2.UpdateModelVersionRequest, _model_pb2.ModelVersion]
     """Updates the description or labels of a version; everything else is immutable."""
+    CompareModelVersions: _grpc.UnaryUnaryMultiCallable[_model_registry_service_pb2.CompareModelVersionsRequest, _model_registry_service_pb2.CompareModelVersionsResponse]
+    """Compares versions with a baseline: metric deltas, schema compatibility, dependency and lineage
+    differences. Versions may belong to different models; needs read access to each.
+    """
 
 @_typing.type_check_only
 class ModelRegistryServiceAsyncStub(ModelRegistryServiceStub):
@@ -77,6 +81,10 @@ class ModelRegistryServiceAsyncStub(ModelRegistryServiceStub):
     """Lists versions of a model (or of every model with parent `models/-`)."""
     UpdateModelVersion: _aio.UnaryUnaryMultiCallable[_model_registry_service_pb2.UpdateModelVersionRequest, _model_pb2.ModelVersion]  # type: ignore[assignment]
     """Updates the description or labels of a version; everything else is immutable."""
+    CompareModelVersions: _aio.UnaryUnaryMultiCallable[_model_registry_service_pb2.CompareModelVersionsRequest, _model_registry_service_pb2.CompareModelVersionsResponse]  # type: ignore[assignment]
+    """Compares versions with a baseline: metric deltas, schema compatibility, dependency and lineage
+    differences. Versions may belong to different models; needs read access to each.
+    """
 
 class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """The model catalog: models and their versions."""
@@ -152,5 +160,15 @@ class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_model_pb2.ModelVersion, _abc.Awaitable[_model_pb2.ModelVersion]]:
         """Updates the description or labels of a version; everything else is immutable."""
+
+    @_abc_1.abstractmethod
+    def CompareModelVersions(
+        self,
+        request: _model_registry_service_pb2.CompareModelVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_registry_service_pb2.CompareModelVersionsResponse, _abc.Awaitable[_model_registry_service_pb2.CompareModelVersionsResponse]]:
+        """Compares versions with a baseline: metric deltas, schema compatibility, dependency and lineage
+        differences. Versions may belong to different models; needs read access to each.
+        """
 
 def add_ModelRegistryServiceServicer_to_server(servicer: ModelRegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
