@@ -252,7 +252,7 @@ class Catalog:
                 f"artifact_digest {digest} names no uploaded manifest; upload the package first",
                 "BLOBS_MISSING",
                 {"missing": digest},
-                [errors.PreconditionViolation("BLOB_MISSING", digest, "the manifest blob is not in the store")],
+                [errors.PreconditionViolation("BLOB_MISSING", digest, "no manifest blob with this digest")],
             ) from exc
 
     async def get_version(self, ref: VersionRef) -> VersionRecord:
