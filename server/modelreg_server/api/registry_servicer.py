@@ -20,10 +20,11 @@ from modelreg.v1 import (
     model_registry_service_pb2_grpc as pb_grpc,
 )
 from modelreg_server.api import validation as val
+from modelreg_server.api.compare_convert import comparison_to_proto
 from modelreg_server.api.convert import model_to_proto, new_version_from_proto, version_to_proto
 from modelreg_server.api.identity import caller
 from modelreg_server.api.status import unary
-from modelreg_server.domain import errors
+from modelreg_server.domain import compare, errors
 from modelreg_server.domain.access import AccessControl
 from modelreg_server.domain.catalog import Catalog, ListQuery
 from modelreg_server.domain.names import (
@@ -307,3 +308,15 @@ class RegistryServicer(pb_grpc.ModelRegistryServiceServicer):
         v.check()
         updated = await self._catalog.update_version(model_id, version, _changes(mv, paths), mv.etag, who)
         return version_to_proto(updated)
+
+    @unary
+    async def CompareModelVersions(
+        self, request: pb.CompareModelVersionsRequest, context: Context
+    ) -> pb.CompareModelVersionsResponse:
+        compare.check_count(len(request.names))
+        refs = [parse_version_ref(name, f"names[{i}]") for i, name in enumerate(request.names)]
+        # Every permission first: a caller learns nothing about versions of models it cannot read.
+        for name, ref in zip(request.names, refs, strict=True):
+            await self._require(context, Permission.READ, name, ref.model_id)
+        versions = [await self._catalog.get_version(ref) for ref in refs]
+        return comparison_to_proto(compare.compare(versions))

@@ -19,6 +19,7 @@ from modelreg_server.domain.access import AccessControl
 from modelreg_server.domain.feed import Subscription
 from modelreg_server.domain.names import parse_alias_name, parse_model_name
 from modelreg_server.domain.permissions import Permission
+from modelreg_server.domain.records import SERVING_CHANGES
 from modelreg_server.domain.serving import Serving
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -132,7 +133,11 @@ class ServingServicer(pb_grpc.ServingServiceServicer):
             if not changes:
                 return
             position = changes[-1].revision
-            selected = [c for c in changes if models is None or c.model_id in models]
+            selected = [
+                c
+                for c in changes
+                if c.change_type in SERVING_CHANGES and (models is None or c.model_id in models)
+            ]
             yield (
                 pb.WatchAliasesResponse(changes=[change_to_proto(c) for c in selected], revision=position),
                 position,

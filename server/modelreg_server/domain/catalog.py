@@ -103,6 +103,7 @@ class Catalog:
         async def work(conn: Connection) -> ModelRecord:
             created = await model_repo.insert(conn, model_id, fields)
             await audit.record(conn, caller, model_name(model_id), after=_model_summary(created))
+            await _publish(conn, model_id, ChangeType.MODEL_CREATED, caller, payload=_model_summary(created))
             return created
 
         return await self._db.transact(work)
@@ -133,6 +134,7 @@ class Catalog:
                 before=_model_summary(current),
                 after=_model_summary(updated),
             )
+            await _publish(conn, model_id, ChangeType.MODEL_UPDATED, caller, payload=_model_summary(updated))
             if updated.promotion_policy != current.promotion_policy:
                 rev = await lifecycle_repo.allocate_revisions(conn, 1)
                 await lifecycle_repo.append_event(
@@ -233,6 +235,14 @@ class Catalog:
                 version_name(model_id, number),
                 after={"run_id": new.run_id, "artifact_digest": new.artifact_digest, "metrics": new.metrics},
             )
+            await _publish(
+                conn,
+                model_id,
+                ChangeType.VERSION_CREATED,
+                caller,
+                version=number,
+                payload={"digest": new.artifact_digest, "stage": int(created.stage), "run_id": new.run_id},
+            )
             return created
 
         return await self._db.transact(work)
@@ -283,6 +293,18 @@ class Catalog:
                 version_name(model_id, version),
                 before={"description": current.description, "labels": current.labels},
                 after={"description": updated.description, "labels": updated.labels},
+            )
+            await _publish(
+                conn,
+                model_id,
+                ChangeType.VERSION_UPDATED,
+                caller,
+                version=version,
+                payload={
+                    "digest": updated.artifact_digest,
+                    "stage": int(updated.stage),
+                    "labels": updated.labels,
+                },
             )
             return updated
 
@@ -347,6 +369,22 @@ def _filter_errors() -> Iterator[None]:
         yield
     except FilterError as exc:
         raise errors.invalid("filter", exc.message, "INVALID_FILTER") from exc
+
+
+async def _publish(
+    conn: Connection,
+    model_id: str,
+    change_type: ChangeType,
+    caller: Caller,
+    *,
+    version: int | None = None,
+    payload: dict[str, Any],
+) -> None:
+    """Writes a catalog change to the event log (the outbox webhooks deliver from)."""
+    revision = await lifecycle_repo.allocate_revisions(conn, 1)
+    await lifecycle_repo.append_event(
+        conn, revision, model_id, change_type, caller.principal, version=version, payload=payload
+    )
 
 
 def _model_summary(model: ModelRecord) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from modelreg_server.domain.records import Change
+from modelreg_server.domain.records import SERVING_CHANGES, Change
 from modelreg_server.domain.resolve_cache import ModelScopedCache
 from modelreg_server.storage import lifecycle_repo as repo
 from modelreg_server.storage.db import Database
@@ -35,6 +35,8 @@ class Subscription:
 
     def offer(self, change: Change) -> None:
         """Queues the change if selected; a full queue marks the watcher too slow instead of blocking."""
+        if change.change_type not in SERVING_CHANGES:
+            return
         if self.models is not None and change.model_id not in self.models:
             return
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from modelreg_server.domain import audit, errors
 from modelreg_server.domain.names import VersionRef, alias_name, version_name
@@ -46,6 +46,25 @@ ABSENT = 0
 CommitHook = Callable[[str, int], None]
 
 
+class PromotionGuard(Protocol):
+    """Checks a move into PRODUCTION or onto a protected alias before it happens (promotion gates and
+    approvals plug in here). Runs inside the move's transaction with the model row locked; raises
+    errors.FailedPrecondition listing every failed rule."""
+
+    async def check_promotion(
+        self,
+        conn: Connection,
+        model: ModelRecord,
+        version: VersionRecord,
+        *,
+        stage: Stage | None,
+        alias: str | None,
+        caller: Caller,
+        approval_id: str | None,
+    ) -> None:
+        """Raises when the promotion must not happen."""
+
+
 @dataclass(frozen=True)
 class AliasChangeSpec:
     """One change of UpdateAliases: target None deletes the alias."""
@@ -62,10 +81,17 @@ def _version_payload(version: VersionRecord, **extra: Any) -> dict[str, Any]:
 class Lifecycle:
     """Stages, aliases and traffic of models."""
 
-    def __init__(self, db: Database, tokens: PageTokenCodec, on_commit: CommitHook | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        tokens: PageTokenCodec,
+        on_commit: CommitHook | None = None,
+        guard: PromotionGuard | None = None,
+    ) -> None:
         self._db = db
         self._tokens = tokens
         self._on_commit = on_commit
+        self.guard = guard
 
     async def _mutate(self, model_id: str, work: Callable[[Connection, ModelRecord], Awaitable[Any]]) -> Any:
         """Runs work with the model row locked, then tells the cache which revision it wrote."""
@@ -97,6 +123,7 @@ class Lifecycle:
         comment: str,
         caller: Caller,
         expected_stage: Stage | None = None,
+        approval_id: str | None = None,
     ) -> VersionRecord:
         """Moves a version to `stage`; entering PRODUCTION archives the previous one only if asked.
         `expected_stage` (what the permission check saw) must still be the version's stage."""
@@ -114,6 +141,10 @@ class Lifecycle:
             if target.stage == stage:
                 return target
             _check_move(target, stage)
+            if stage == Stage.PRODUCTION and self.guard is not None:
+                await self.guard.check_promotion(
+                    conn, model, target, stage=stage, alias=None, caller=caller, approval_id=approval_id
+                )
             moves: list[tuple[VersionRecord, Stage]] = []
             if stage == Stage.PRODUCTION:
                 current = await repo.production_version(conn, model.model_id, lock=True)
@@ -198,7 +229,12 @@ class Lifecycle:
         await self.update_aliases(model_id, [AliasChangeSpec(alias, None, expected)], "", caller)
 
     async def update_aliases(
-        self, model_id: str, changes: Sequence[AliasChangeSpec], comment: str, caller: Caller
+        self,
+        model_id: str,
+        changes: Sequence[AliasChangeSpec],
+        comment: str,
+        caller: Caller,
+        approval_id: str | None = None,
     ) -> list[AliasRecord]:
         """Applies alias changes atomically; targets naming aliases resolve against the state before."""
 
@@ -221,6 +257,21 @@ class Lifecycle:
                     _check_not_archived(targets[change.alias])
                 if new is None:
                     await _check_alias_unused_by_traffic(conn, model_id, change.alias)
+                if (
+                    new is not None
+                    and new != current
+                    and self.guard
+                    and change.alias in model.protected_aliases
+                ):
+                    await self.guard.check_promotion(
+                        conn,
+                        model,
+                        targets[change.alias],
+                        stage=None,
+                        alias=change.alias,
+                        caller=caller,
+                        approval_id=approval_id,
+                    )
                 if new != current:
                     planned.append((change.alias, new, current))
                 state[change.alias] = new

@@ -48,6 +48,23 @@ class ChangeType(enum.IntEnum):
     TRAFFIC_CHANGED = 4
     POLICY_CHANGED = 5
     MODEL_DELETED = 6
+    MODEL_CREATED = 7
+    MODEL_UPDATED = 8
+    VERSION_CREATED = 9
+    VERSION_UPDATED = 10
+
+
+# What WatchAliases streams; the catalog changes go only to webhooks and the event log.
+SERVING_CHANGES = frozenset(
+    {
+        ChangeType.ALIAS_SET,
+        ChangeType.ALIAS_DELETED,
+        ChangeType.STAGE_CHANGED,
+        ChangeType.TRAFFIC_CHANGED,
+        ChangeType.POLICY_CHANGED,
+        ChangeType.MODEL_DELETED,
+    }
+)
 
 
 @dataclass(frozen=True)

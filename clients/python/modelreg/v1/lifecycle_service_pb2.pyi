@@ -41,6 +41,14 @@ class _ChangeTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeType
     """A model's promotion policy changed."""
     CHANGE_TYPE_MODEL_DELETED: _ChangeType.ValueType  # 6
     """A model was deleted with its aliases."""
+    CHANGE_TYPE_MODEL_CREATED: _ChangeType.ValueType  # 7
+    """A model was created. Not sent to WatchAliases; webhooks and the event log carry it."""
+    CHANGE_TYPE_MODEL_UPDATED: _ChangeType.ValueType  # 8
+    """A model's description, labels or owner changed. Not sent to WatchAliases."""
+    CHANGE_TYPE_VERSION_CREATED: _ChangeType.ValueType  # 9
+    """A version was registered. Not sent to WatchAliases."""
+    CHANGE_TYPE_VERSION_UPDATED: _ChangeType.ValueType  # 10
+    """A version's description or labels changed. Not sent to WatchAliases."""
 
 class ChangeType(_ChangeType, metaclass=_ChangeTypeEnumTypeWrapper):
     """What changed."""
@@ -59,6 +67,14 @@ CHANGE_TYPE_POLICY_CHANGED: ChangeType.ValueType  # 5
 """A model's promotion policy changed."""
 CHANGE_TYPE_MODEL_DELETED: ChangeType.ValueType  # 6
 """A model was deleted with its aliases."""
+CHANGE_TYPE_MODEL_CREATED: ChangeType.ValueType  # 7
+"""A model was created. Not sent to WatchAliases; webhooks and the event log carry it."""
+CHANGE_TYPE_MODEL_UPDATED: ChangeType.ValueType  # 8
+"""A model's description, labels or owner changed. Not sent to WatchAliases."""
+CHANGE_TYPE_VERSION_CREATED: ChangeType.ValueType  # 9
+"""A version was registered. Not sent to WatchAliases."""
+CHANGE_TYPE_VERSION_UPDATED: ChangeType.ValueType  # 10
+"""A version's description or labels changed. Not sent to WatchAliases."""
 Global___ChangeType: _TypeAlias = ChangeType  # noqa: Y015
 
 @_typing.final
