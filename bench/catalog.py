@@ -43,6 +43,8 @@ import grpc
 
 from bench.common import (
     CALL_TIMEOUT_S,
+    CpuMeter,
+    DbActivity,
     LoadResult,
     LoadRunner,
     Op,
@@ -321,7 +323,7 @@ def _reference_summary(result: LoadResult) -> dict[str, Any]:
     return {
         **{k: summary[k] for k in keep},
         "errors": sum(result.errors.values()),
-        "cpu": result.cpu,
+        "cpu": result.probes.get("cpu", {}),
     }
 
 
@@ -409,11 +411,16 @@ def main(argv: list[str] | None = None) -> int:
                 channels=args.channels,
                 warmup_s=args.warmup,
                 seconds=args.seconds,
-                watch={
-                    "server": lambda: [server.pid],
-                    "empty_server": lambda: [empty.pid],
-                    "postgres": lambda: pids_named("postgres"),
-                },
+                probes=[
+                    CpuMeter(
+                        {
+                            "server": lambda: [server.pid],
+                            "empty_server": lambda: [empty.pid],
+                            "postgres": lambda: pids_named("postgres"),
+                        }
+                    ),
+                    DbActivity(database.url),
+                ],
             )
             stack.callback(runner.close)
             addresses = {False: server.address, True: empty.address}

@@ -178,12 +178,28 @@ def _machine_jiffies() -> tuple[int, int]:
     return total - idle, total
 
 
+class Probe(Protocol):
+    """Something observed over each measured window; its readings land under `name` in the run's result."""
+
+    name: str
+
+    def start(self) -> None:
+        """The window opens."""
+        ...
+
+    def stop(self) -> dict[str, float]:
+        """The window closes: the readings."""
+        ...
+
+
 class CpuMeter:
     """CPU used by groups of processes, and by the whole machine, between `start()` and `stop()`.
 
     Percentages are of one core (a process using two cores fully reports 200); `machine_busy_pct` is of
     all cores together.
     """
+
+    name = "cpu"
 
     def __init__(self, groups: Mapping[str, Callable[[], Iterable[int]]]) -> None:
         self._groups = groups
@@ -444,6 +460,71 @@ def provision_database(prefix: str = "modelreg_bench") -> Iterator[BenchDatabase
         yield BenchDatabase(_with_database(admin_url, name), source, version, settings)
 
 
+class DbActivity:
+    """What the database's client backends are doing, sampled from pg_stat_activity during the window.
+
+    Readings are average numbers of backends per state: `running` (executing, not waiting), `lock_wait`
+    (blocked on a row or transaction lock), `io_wait` (WAL or data file I/O, e.g. the commit's fsync),
+    `waiting_for_server` (inside a transaction, waiting for the server's next statement) and `idle`.
+    The sampler runs in its own thread with its own event loop and connection.
+    """
+
+    name = "db_backends"
+    _QUERY = (
+        "SELECT state, wait_event_type FROM pg_stat_activity "
+        "WHERE datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+    )
+
+    def __init__(self, url: str, interval_s: float = 0.02) -> None:
+        self._url = url
+        self._database = urlsplit(url).path.lstrip("/")
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._tally: Counter[str] = Counter()
+        self._samples = 0
+
+    @staticmethod
+    def _category(state: str | None, wait_type: str | None) -> str:
+        if state == "active":
+            if wait_type == "Lock":
+                return "lock_wait"
+            if wait_type == "IO":
+                return "io_wait"
+            return "running"
+        if state in ("idle in transaction", "idle in transaction (aborted)"):
+            return "waiting_for_server"
+        return "idle"
+
+    async def _sample(self) -> None:
+        conn = await asyncpg.connect(self._url, timeout=10)
+        try:
+            while not self._stop.is_set():
+                for row in await conn.fetch(self._QUERY, self._database):
+                    self._tally[self._category(row["state"], row["wait_event_type"])] += 1
+                self._samples += 1
+                await asyncio.sleep(self._interval)
+        finally:
+            await conn.close()
+
+    def start(self) -> None:
+        """Starts sampling."""
+        self._stop.clear()
+        self._tally = Counter()
+        self._samples = 0
+        self._thread = threading.Thread(target=asyncio.run, args=(self._sample(),), daemon=True)
+        self._thread.start()
+
+    def stop(self) -> dict[str, float]:
+        """Stops sampling; average backends per category."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        samples = max(1, self._samples)
+        categories = ("running", "lock_wait", "io_wait", "waiting_for_server", "idle")
+        return {c: round(self._tally[c] / samples, 2) for c in categories}
+
+
 # --------------------------------------------------------------------------------------------------
 # Load generation
 # --------------------------------------------------------------------------------------------------
@@ -568,15 +649,15 @@ class LoadResult:
     seconds: float
     latencies_s: list[float]
     errors: dict[str, int]
-    cpu: dict[str, float]
+    probes: dict[str, dict[str, float]]
 
     def summary(self) -> dict[str, Any]:
-        """The figures of the run (see `latency_summary`), its errors and CPU use."""
+        """The figures of the run (see `latency_summary`), its errors and the probes' readings."""
         return {
             **latency_summary(self.latencies_s, self.seconds),
             "errors": sum(self.errors.values()),
             "error_codes": dict(sorted(self.errors.items())),
-            "cpu": self.cpu,
+            **self.probes,
         }
 
 
@@ -592,7 +673,9 @@ class LoadRunner:
 
     With one client process the asyncio tasks run in this process. With more, a pool of spawned
     processes (created once, reused for every run) each runs its slice of the clients with `channels`
-    channels of its own; they align on a shared monotonic start time.
+    channels of its own; they align on a shared monotonic start time. The probes observe every measured
+    window from this process; the CPU of the client processes themselves is reported as
+    `cpu.client_cpu_pct`.
     """
 
     def __init__(
@@ -602,13 +685,13 @@ class LoadRunner:
         channels: int,
         warmup_s: float,
         seconds: float,
-        watch: Mapping[str, Callable[[], Iterable[int]]],
+        probes: Sequence[Probe] = (),
     ) -> None:
         self.client_procs = max(1, client_procs)
         self.channels = channels
         self.warmup_s = warmup_s
         self.seconds = seconds
-        self._watch = watch
+        self._probes = probes
         self._runs = 0
         self._pool: ProcessPoolExecutor | None = None
         if self.client_procs > 1:
@@ -635,25 +718,25 @@ class LoadRunner:
             SharePlan(address, clients, min(self.channels, len(clients)), window, seed=self._runs)
             for clients in slices
         ]
-        meter = CpuMeter(self._watch)
-        if self._pool is None:
+        readings: dict[str, dict[str, float]] = {}
 
-            def on_window(started: bool) -> None:
+        def on_window(started: bool) -> None:
+            for probe in self._probes:
                 if started:
-                    meter.start()
+                    probe.start()
                 else:
-                    cpu.update(meter.stop())
+                    readings[probe.name] = probe.stop()
 
-            cpu: dict[str, float] = {}
+        if self._pool is None:
             shares = [asyncio.run(run_share(workload, plans[0], on_window))]
         else:
             futures: list[Future[ShareResult]] = [
                 self._pool.submit(_run_share_in_process, workload, plan) for plan in plans
             ]
             time.sleep(max(0.0, window.measure_from - time.monotonic()))
-            meter.start()
+            on_window(True)
             time.sleep(max(0.0, window.stop_at - time.monotonic()))
-            cpu = meter.stop()
+            on_window(False)
             shares = [f.result() for f in futures]
         errors: Counter[str] = Counter()
         latencies: list[float] = []
@@ -661,8 +744,15 @@ class LoadRunner:
             latencies.extend(share.latencies_s)
             errors.update(share.errors)
         client_cpu = sum(share.cpu_s for share in shares)
-        cpu = {"client_cpu_pct": round(100.0 * client_cpu / self.seconds, 1), **cpu}
-        return LoadResult(concurrency, len(slices), self.seconds, latencies, dict(errors), cpu)
+        cpu = {"client_cpu_pct": round(100.0 * client_cpu / self.seconds, 1), **readings.get("cpu", {})}
+        if "machine_busy_pct" in cpu:
+            # Whatever else ran on the machine meanwhile (other users' jobs): how noisy this window was.
+            ours = sum(v for k, v in cpu.items() if k != "machine_busy_pct")
+            cpu["unattributed_cpu_pct"] = round(
+                max(0.0, cpu["machine_busy_pct"] * (os.cpu_count() or 1) - ours), 1
+            )
+        readings["cpu"] = cpu
+        return LoadResult(concurrency, len(slices), self.seconds, latencies, dict(errors), readings)
 
     def close(self) -> None:
         """Shuts the client process pool down."""

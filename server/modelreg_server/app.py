@@ -6,7 +6,9 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,12 +23,17 @@ from modelreg.v1 import (
     lifecycle_service_pb2_grpc,
     model_registry_service_pb2,
     model_registry_service_pb2_grpc,
+    webhook_service_pb2,
+    webhook_service_pb2_grpc,
 )
+from modelreg_server import telemetry
 from modelreg_server.api.access_servicer import AccessServicer
 from modelreg_server.api.artifact_servicer import ArtifactServicer
 from modelreg_server.api.lifecycle_servicer import LifecycleServicer
 from modelreg_server.api.registry_servicer import RegistryServicer
 from modelreg_server.api.serving_servicer import ServingServicer
+from modelreg_server.api.webhook_convert import render_event
+from modelreg_server.api.webhook_servicer import WebhookServicer
 from modelreg_server.config import Settings
 from modelreg_server.domain.access import AccessControl
 from modelreg_server.domain.artifacts import open_artifacts
@@ -38,6 +45,10 @@ from modelreg_server.domain.lifecycle import Lifecycle
 from modelreg_server.domain.pagination import PageTokenCodec
 from modelreg_server.domain.resolve_cache import ModelScopedCache
 from modelreg_server.domain.serving import Serving
+from modelreg_server.domain.ssrf import SsrfGuard
+from modelreg_server.domain.webhook_sender import WebhookSender
+from modelreg_server.domain.webhook_worker import WebhookWorker
+from modelreg_server.domain.webhooks import Webhooks
 from modelreg_server.storage.db import Database, create_pool
 from modelreg_server.storage.migrate import migrate
 
@@ -49,6 +60,7 @@ SERVICE_NAMES = (
     lifecycle_service_pb2.DESCRIPTOR.services_by_name["LifecycleService"].full_name,
     lifecycle_service_pb2.DESCRIPTOR.services_by_name["ServingService"].full_name,
     access_service_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
+    webhook_service_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
 )
 
 
@@ -86,8 +98,42 @@ def _bind(server: grpc.aio.Server, settings: Settings) -> int:
     return server.add_secure_port(settings.listen, credentials)
 
 
+async def _watch_database(db: Database, health_servicer: Any, names: Sequence[str], interval: float) -> None:
+    """Health follows PostgreSQL: NOT_SERVING while it cannot be reached, SERVING again once it can."""
+    serving = True  # the database answered the migrations a moment ago
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            async with db.connection() as conn:
+                await conn.fetchval("SELECT 1", timeout=interval)
+            healthy = True
+        except Exception as exc:
+            healthy = False
+            if serving:
+                log.warning("database unreachable (%s): health NOT_SERVING", exc)
+        if healthy != serving:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if healthy
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in names:
+                await health_servicer.set(name, status)
+            if healthy:
+                log.info("database reachable again: health SERVING")
+            serving = healthy
+
+
+def _observe(cache: ModelScopedCache[object], feed: ChangeFeed, db: Database) -> None:
+    telemetry.gauges.add("cache.hits", lambda: cache.stats.hits)
+    telemetry.gauges.add("cache.misses", lambda: cache.stats.misses)
+    telemetry.gauges.add("watchers", lambda: feed.watchers)
+    telemetry.gauges.add("db.in_use", lambda: db.pool.get_size() - db.pool.get_idle_size())
+
+
 async def serve(settings: Settings) -> int:
     """Runs until SIGTERM/SIGINT; returns the process exit code."""
+    observability = telemetry.setup(settings.metrics_port)
     try:
         db = await open_database(settings)
     except RegistryError as exc:
@@ -98,11 +144,17 @@ async def serve(settings: Settings) -> int:
     cache: ModelScopedCache[object] = ModelScopedCache()
     feed = ChangeFeed(db, settings.database_url, [cache])
     await feed.start()
+    _observe(cache, feed, db)
+    ssrf_guard = SsrfGuard(allow_private=settings.webhook_allow_private)
+    webhook_worker = WebhookWorker(
+        db, render_event, WebhookSender(ssrf_guard), max_attempts=settings.webhook_max_attempts
+    )
 
     def committed(model_id: str, revision: int) -> None:
         # Read-your-writes on this replica: drop the model's entries now, then let the pump publish.
         cache.invalidate(model_id, revision)
         feed.wake()
+        webhook_worker.wake()
 
     audit_log = AuditLog(db, tokens)
     access = AccessControl(db, audit_log)
@@ -123,6 +175,8 @@ async def serve(settings: Settings) -> int:
     artifact_service_pb2_grpc.add_ArtifactServiceServicer_to_server(
         ArtifactServicer(artifacts, access), server
     )
+    webhooks = Webhooks(db, tokens, ssrf_guard, render_event, on_change=webhook_worker.wake)
+    webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(webhooks, access), server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs lacks aio
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -135,8 +189,12 @@ async def serve(settings: Settings) -> int:
         await db.close()
         return 2
     await server.start()
+    await webhook_worker.start()
     for name in (*SERVICE_NAMES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    watchdog = asyncio.create_task(
+        _watch_database(db, health_servicer, (*SERVICE_NAMES, ""), settings.health_interval_s)
+    )
     host = settings.listen.rsplit(":", 1)[0]
     print(f"modelreg-server listening on {host}:{port}", flush=True)
 
@@ -146,10 +204,13 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
+    watchdog.cancel()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(settings.shutdown_grace_s)
+    await webhook_worker.stop()
     await feed.stop()
     await db.close()
+    observability.shutdown()
     if artifacts is not None:
         artifacts.close()
     return 0

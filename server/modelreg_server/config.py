@@ -36,6 +36,14 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    # Webhook targets may be loopback, private or link-local addresses (on-premises receivers, tests).
+    webhook_allow_private: bool = False
+    # Attempts per webhook delivery before it is FAILED (1 s, 2 s, 4 s … apart, capped at an hour).
+    webhook_max_attempts: int = 12
+    # Port of a Prometheus /metrics endpoint (0: none).
+    metrics_port: int = 0
+    # How often health re-checks PostgreSQL (NOT_SERVING while unreachable).
+    health_interval_s: float = 2.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -55,6 +63,10 @@ class Settings:
             "tls_cert": env.get("MODELREG_TLS_CERT", ""),
             "tls_key": env.get("MODELREG_TLS_KEY", ""),
             "tls_client_ca": env.get("MODELREG_TLS_CLIENT_CA", ""),
+            "webhook_allow_private": _bool(env.get("MODELREG_WEBHOOK_ALLOW_PRIVATE", "false")),
+            "webhook_max_attempts": int(env.get("MODELREG_WEBHOOK_MAX_ATTEMPTS", "12")),
+            "metrics_port": int(env.get("MODELREG_METRICS_PORT", "0")),
+            "health_interval_s": float(env.get("MODELREG_HEALTH_INTERVAL_S", "2")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

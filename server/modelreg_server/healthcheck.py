@@ -30,16 +30,19 @@ def local_address(listen: str) -> str:
     return f"127.0.0.1:{port}" if host in _WILDCARD_HOSTS else listen
 
 
-def check(address: str, service: str = "", timeout: float = 3.0) -> bool:
-    """True when the server at `address` reports `service` as SERVING within `timeout` seconds."""
+def probe(address: str, service: str = "", timeout: float = 3.0) -> str:
+    """The status the server at `address` reports for `service` (`SERVING`, `NOT_SERVING`, ...), or the
+    gRPC code of the failed call (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `NOT_FOUND` for an unknown service).
+    """
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
-        except grpc.RpcError:
-            return False
-        serving: bool = response.status == health_pb2.HealthCheckResponse.SERVING
-        return serving
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            return code.name if code is not None else "UNKNOWN_ERROR"
+        name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        return name
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m modelreg_server.healthcheck",
         description="Exit 0 if the local modelreg server reports SERVING, else 1.",
     )
-    parser.add_argument("--address", help="host:port to check (default: 127.0.0.1 and MODELREG_LISTEN's port)")
+    parser.add_argument(
+        "--address", help="host:port to check (default: 127.0.0.1 and MODELREG_LISTEN's port)"
+    )
     parser.add_argument("--service", default="", help='service name to check (default "", the server)')
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds before giving up (default 3)")
     return parser
@@ -61,9 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"healthcheck: {exc}", file=sys.stderr)
         return 1
-    if check(address, args.service, args.timeout):
+    status = probe(address, args.service, args.timeout)
+    if status == "SERVING":
         return 0
-    print(f"healthcheck: {address} is not serving {args.service or 'the server'}", file=sys.stderr)
+    print(f"healthcheck: {address} service {args.service!r}: {status}", file=sys.stderr)
     return 1
 
 

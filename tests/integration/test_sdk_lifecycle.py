@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -30,10 +31,18 @@ from modelreg import (
     NotFound,
     Registry,
     Stage,
+    Unauthenticated,
 )
 from modelreg.cli import main
 from modelreg.routing import pick_route
+from modelreg.v1.artifact_service_pb2_grpc import ArtifactServiceStub
+from modelreg_server.domain.manifest import Manifest, ManifestFile, canonical_bytes
+from tests.support.packages import publish, sha
+from tests.support.rpc import channel as open_channel
 from tests.support.server import ServerProcess
+
+if TYPE_CHECKING:
+    from modelreg.v1.artifact_service_pb2_grpc import ArtifactServiceAsyncStub
 
 NONE, STAGING, PRODUCTION, ARCHIVED = (
     Stage.Value(f"STAGE_{s}") for s in ("NONE", "STAGING", "PRODUCTION", "ARCHIVED")
@@ -45,15 +54,30 @@ ALIAS_SET, ALIAS_DELETED, STAGE_CHANGED, TRAFFIC_CHANGED = (
 DEADLINE = 30.0
 
 
-def _digest(version: int) -> str:
-    return f"sha256:{version:064x}"
+def _package(model: str, version: int) -> dict[str, bytes]:
+    return {"model.bin": f"{model}/{version}".encode()}
+
+
+def _digest(model: str, version: int) -> str:
+    """The manifest digest of the package `_publish` uploads for this version."""
+    files = _package(model, version)
+    manifest = Manifest.of("onnx", [ManifestFile(path, sha(data), len(data)) for path, data in files.items()])
+    return sha(canonical_bytes(manifest))
+
+
+async def _publish(address: str, model: str, versions: int) -> None:
+    async with open_channel(address) as channel:
+        stub: ArtifactServiceAsyncStub = ArtifactServiceStub(channel)
+        for n in range(1, versions + 1):
+            assert (await publish(stub, _package(model, n)))[0] == _digest(model, n)
 
 
 def _new_model(registry: Registry, versions: int = 3) -> str:
     model_id = f"sdk-lc-{uuid.uuid4().hex[:12]}"
+    asyncio.run(_publish(registry.address, model_id, versions))
     registry.create_model(model_id)
     for n in range(1, versions + 1):
-        registry.create_model_version(model_id, run_id=f"run-{n}", artifact_digest=_digest(n))
+        registry.create_model_version(model_id, run_id=f"run-{n}", artifact_digest=_digest(model_id, n))
     return model_id
 
 
@@ -166,7 +190,7 @@ def test_aliases_with_compare_and_swap_history_and_rollback(registry: Registry) 
     now = registry.resolve_alias(model, "champion")
     assert (now.version, now.artifact_digest, now.model_version) == (
         2,
-        _digest(2),
+        _digest(model, 2),
         f"models/{model}/versions/2",
     )
     assert registry.resolve_alias(model, "champion", as_of=created.update_time).version == 1
@@ -238,9 +262,10 @@ def test_watch_stream_snapshot_then_changes(registry: Registry) -> None:
 async def test_async_registry_lifecycle_methods(server_address: str, admin_token: str) -> None:
     async with AsyncRegistry(server_address, token=admin_token, timeout=15) as client:
         model = f"sdk-lc-{uuid.uuid4().hex[:12]}"
+        await _publish(server_address, model, 2)
         await client.create_model(model)
         for n in (1, 2):
-            await client.create_model_version(model, artifact_digest=_digest(n))
+            await client.create_model_version(model, artifact_digest=_digest(model, n))
         await client.transition_stage(f"{model}/1", "staging")
         await client.set_alias(model, "champion", 1, expected=ABSENT)
         with pytest.raises(Conflict):
@@ -323,6 +348,14 @@ def test_resolver_start_gives_up_after_its_timeout() -> None:
     assert "UNAVAILABLE" in str(timed_out.value)
 
 
+def test_resolver_start_reports_a_refused_watch_at_once(server_address: str) -> None:
+    resolver = AliasResolver(server_address, token="not-a-token")
+    started = time.monotonic()
+    with pytest.raises(Unauthenticated):
+        resolver.start(timeout=DEADLINE)
+    assert time.monotonic() - started < DEADLINE / 2
+
+
 async def test_async_resolver_follows_changes(server_address: str, admin_token: str) -> None:
     seen: list[Change] = []
 
@@ -331,9 +364,10 @@ async def test_async_resolver_follows_changes(server_address: str, admin_token: 
 
     async with AsyncRegistry(server_address, token=admin_token, timeout=15) as client:
         model = f"sdk-lc-{uuid.uuid4().hex[:12]}"
+        await _publish(server_address, model, 2)
         await client.create_model(model)
         for n in (1, 2):
-            await client.create_model_version(model, artifact_digest=_digest(n))
+            await client.create_model_version(model, artifact_digest=_digest(model, n))
         async with AsyncAliasResolver(
             server_address, models=model, token=admin_token, on_change=record
         ) as resolver:
@@ -346,7 +380,7 @@ async def test_async_resolver_follows_changes(server_address: str, admin_token: 
                 while not _resolves_to(resolver, model, "champion", version):
                     assert time.monotonic() < deadline, "the async resolver never saw SetAlias"
                     await asyncio.sleep(0.02)
-                assert resolver.resolve(model, "champion").artifact_digest == _digest(version)
+                assert resolver.resolve(model, "champion").artifact_digest == _digest(model, version)
                 assert seen[-1].revision == alias.revision
         assert [c.resolution.version for c in seen] == [1, 2]
 
@@ -569,10 +603,10 @@ def test_cli_lifecycle_commands(registry: Registry, cli: Callable[..., tuple[int
     assert (code, resolved["version"], resolved["artifact_digest"], resolved["stage"]) == (
         0,
         "2",
-        _digest(2),
+        _digest(model, 2),
         "PRODUCTION",
     )
-    assert json.loads(cli("resolve", model, "champion", "--json")[1])["artifactDigest"] == _digest(2)
+    assert json.loads(cli("resolve", model, "champion", "--json")[1])["artifactDigest"] == _digest(model, 2)
     assert cli("resolve", model, "nope")[0] == 3
 
     code, out, err = cli("routes", "set", model, "champion=90", "canary=10")
@@ -611,7 +645,7 @@ def test_cli_lifecycle_commands(registry: Registry, cli: Callable[..., tuple[int
         f"models/{model}/aliases/canary",
         f"models/{model}/versions/2",
         "PRODUCTION",
-        _digest(2),
+        _digest(model, 2),
     )
     assert int(revision) > since
 

@@ -19,6 +19,7 @@ from grpc_status import rpc_status
 
 import modelreg
 from modelreg import _core, errors
+from modelreg.v1 import lifecycle_service_pb2 as lifecycle_pb2
 from modelreg.v1 import model_pb2
 from modelreg.v1 import model_registry_service_pb2 as service_pb2
 from modelreg.v1 import model_registry_service_pb2_grpc as service_pb2_grpc
@@ -115,13 +116,24 @@ def test_service_config_retries_only_idempotent_methods(tmp_path: Path) -> None:
     assert options["grpc.x"] == 1
     (method_config,) = json.loads(options["grpc.service_config"])["methodConfig"]
     retried = {(n["service"], n["method"]) for n in method_config["name"]}
-    service = "modelreg.v1.ModelRegistryService"
-    assert retried == {
-        (service, m)
-        for m in ("GetModel", "ListModels", "GetModelVersion", "ListModelVersions", "CreateModelVersion")
+    idempotent = {
+        "ModelRegistryService": (
+            "GetModel", "ListModels", "GetModelVersion", "ListModelVersions", "CreateModelVersion",
+        ),
+        "LifecycleService": (
+            "GetAlias", "ListAliases", "ListAliasHistory", "ListStageTransitions", "GetTrafficPolicy",
+        ),
+        "ServingService": ("ResolveAlias", "BatchResolveAliases", "ResolveRoute"),
+    }  # fmt: skip
+    assert retried == {(f"modelreg.v1.{svc}", m) for svc, methods in idempotent.items() for m in methods}
+    descriptors = {
+        "ModelRegistryService": service_pb2.DESCRIPTOR,
+        "LifecycleService": lifecycle_pb2.DESCRIPTOR,
+        "ServingService": lifecycle_pb2.DESCRIPTOR,
     }
-    methods = service_pb2.DESCRIPTOR.services_by_name["ModelRegistryService"].methods_by_name
-    assert all(m in methods for _, m in retried)
+    for svc, methods in idempotent.items():
+        known = descriptors[svc].services_by_name[svc].methods_by_name
+        assert all(m in known for m in methods)
     policy = method_config["retryPolicy"]
     assert policy["retryableStatusCodes"] == ["UNAVAILABLE"]
     assert policy["maxAttempts"] == 5

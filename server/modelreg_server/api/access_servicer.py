@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC
 from typing import Any
 
 import grpc
@@ -144,8 +145,9 @@ class AccessServicer(pb_grpc.AccessServiceServicer):
         val.check_strings(request, v)
         val.check_length("token.description", request.token.description, 1024, v)
         v.check()
+        # ToDatetime() without tzinfo is naive UTC; astimezone() would read it as the server's local time.
         expire = (
-            request.token.expire_time.ToDatetime().astimezone()
+            request.token.expire_time.ToDatetime(tzinfo=UTC)
             if request.token.HasField("expire_time")
             else None
         )

@@ -12,6 +12,7 @@ from google.protobuf import empty_pb2, timestamp_pb2
 
 from modelreg.v1 import artifact_service_pb2 as pb
 from modelreg.v1 import artifact_service_pb2_grpc as pb_grpc
+from modelreg_server import telemetry
 from modelreg_server.api import validation as val
 from modelreg_server.api.identity import caller
 from modelreg_server.api.status import streaming, unary
@@ -172,6 +173,7 @@ class ArtifactServicer(pb_grpc.ArtifactServiceServicer):
         await artifacts.ready()
         result = await artifacts.uploads.upload(header, _chunks(first, messages))
         if result.complete and not result.deduplicated:
+            telemetry.bytes_uploaded.add(result.size)
             await self.access.audit.record_alone(caller(context), f"blobs/{result.digest}", size=result.size)
         return pb.UploadBlobResponse(
             digest=result.digest,
@@ -188,6 +190,7 @@ class ArtifactServicer(pb_grpc.ArtifactServiceServicer):
         digest = _digest("digest", request.digest, required=True)
         await self._read(context, f"blobs/{digest}")
         async for data in self._store.download(digest, request.read_offset, request.read_limit):
+            telemetry.bytes_downloaded.add(len(data))
             yield pb.DownloadBlobResponse(data=data)
 
     @unary

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC
 from typing import Any
 
 import grpc
@@ -19,7 +20,7 @@ from modelreg_server.domain.access import AccessControl
 from modelreg_server.domain.feed import Subscription
 from modelreg_server.domain.names import parse_alias_name, parse_model_name
 from modelreg_server.domain.permissions import Permission
-from modelreg_server.domain.records import SERVING_CHANGES
+from modelreg_server.domain.records import SERVING_CHANGES, Change
 from modelreg_server.domain.serving import Serving
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -45,7 +46,7 @@ class ServingServicer(pb_grpc.ServingServiceServicer):
         model_id, alias = parse_alias_name(request.name)
         await self._read(context, request.name, model_id)
         if request.HasField("as_of"):
-            at = request.as_of.ToDatetime().astimezone()
+            at = request.as_of.ToDatetime(tzinfo=UTC)
             return resolution_to_proto(await self._serving.resolve_as_of(model_id, alias, at))
         return resolution_to_proto(await self._serving.resolve(model_id, alias))
 
@@ -145,32 +146,36 @@ class ServingServicer(pb_grpc.ServingServiceServicer):
 
     async def _live(self, sub: Subscription, sent: int) -> AsyncIterator[pb.WatchAliasesResponse]:
         overflow = asyncio.ensure_future(sub.overflowed.wait())
+        getter: asyncio.Future[Change] = asyncio.ensure_future(sub.queue.get())
         try:
             while True:
-                getter = asyncio.ensure_future(sub.queue.get())
+                waiting: set[asyncio.Future[Any]] = {getter, overflow}
                 done, _ = await asyncio.wait(
-                    {getter, overflow}, timeout=self._heartbeat, return_when=asyncio.FIRST_COMPLETED
+                    waiting, timeout=self._heartbeat, return_when=asyncio.FIRST_COMPLETED
                 )
                 if overflow in done:
-                    getter.cancel()
                     raise errors.ResourceExhausted(
                         "watcher fell too far behind; reconnect with since_revision to resume",
                         "WATCHER_TOO_SLOW",
                     )
                 if getter not in done:
-                    getter.cancel()
-                    yield pb.WatchAliasesResponse(
-                        revision=max(sent, self._serving.feed.last_revision), heartbeat=True
-                    )
+                    # The getter keeps waiting. A heartbeat claims the feed's revision only when nothing is
+                    # queued for this watcher: everything up to it has then been sent or was not selected.
+                    if sub.queue.empty():
+                        yield pb.WatchAliasesResponse(
+                            revision=max(sent, self._serving.feed.last_revision), heartbeat=True
+                        )
                     continue
                 batch = [getter.result()]
                 while not sub.queue.empty():
                     batch.append(sub.queue.get_nowait())
+                getter = asyncio.ensure_future(sub.queue.get())
                 fresh = [c for c in batch if c.revision > sent]
                 if fresh:
                     sent = fresh[-1].revision
                     yield pb.WatchAliasesResponse(changes=[change_to_proto(c) for c in fresh], revision=sent)
         finally:
-            overflow.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await overflow
+            for task in (getter, overflow):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
@@ -12,7 +13,10 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from modelreg_server import telemetry
 from modelreg_server.api.identity import Guarded, authenticate, forget
 from modelreg_server.domain import errors
 from modelreg_server.storage.db import translate
@@ -84,34 +88,87 @@ def _status_for(exc: Exception) -> status_pb2.Status:
     return _internal_status()
 
 
-async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
-    """Ends the call with the status that matches exc."""
-    status = rpc_status.to_status(_status_for(exc))
-    await context.abort(status.code, status.details, status.trailing_metadata)
-
-
 S = TypeVar("S", bound=Guarded)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
+class _CallScope:
+    """Around one RPC: its server span (continuing the caller's trace), status code for the metrics,
+    authentication, and the error-to-status mapping."""
+
+    def __init__(self, service: Guarded, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self.method = f"{_service_name(service)}/{method}"
+        self.action = method
+        self.context = context
+        self.started = time.perf_counter()
+        self.code = "OK"
+        self.span = telemetry.tracer.start_span(
+            self.method,
+            context=telemetry.extract_context(context.invocation_metadata()),
+            kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.method": method, "rpc.service": _service_name(service)},
+        )
+
+    async def fail(self, exc: Exception) -> NoReturn:
+        status = _status_for(exc)
+        self.code = next((c.name for c in grpc.StatusCode if c.value[0] == status.code), "UNKNOWN")
+        self.span.set_attribute("rpc.grpc.status_code", status.code)
+        if self.code == "INTERNAL":
+            self.span.set_status(Status(StatusCode.ERROR, status.message))
+        await self.context.abort(*_abort_args(status))
+
+    def close(self, cancelled: bool = False) -> None:
+        if cancelled:
+            self.code = "CANCELLED"
+        forget(self.context)
+        telemetry.record_rpc(self.method, self.code, self.started)
+        self.span.end()
+
+
+def _abort_args(status: status_pb2.Status) -> tuple[grpc.StatusCode, str, Any]:
+    converted = rpc_status.to_status(status)
+    return converted.code, converted.details, converted.trailing_metadata
+
+
+_SERVICE_NAMES: dict[type, str] = {}
+
+
+def _service_name(service: object) -> str:
+    """`modelreg.v1.ModelRegistryService` from the generated servicer base class."""
+    kind = type(service)
+    name = _SERVICE_NAMES.get(kind)
+    if name is None:
+        base = next(
+            (c.__name__ for c in kind.__mro__ if c.__name__.endswith("ServiceServicer")), kind.__name__
+        )
+        name = _SERVICE_NAMES[kind] = "modelreg.v1." + base.removesuffix("Servicer")
+    return name
+
+
 def unary(
     handler: Callable[[S, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]],
 ) -> Callable[[S, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
-    """Decorates a unary (or client-streaming) handler: authenticates the caller, and every failure leaves
-    with the right status."""
+    """Decorates a unary (or client-streaming) handler: a span and metrics, authentication of the caller,
+    and every failure leaves with the right status."""
 
     @functools.wraps(handler)
     async def wrapper(self: S, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
+        scope = _CallScope(self, handler.__name__, context)
+        cancelled = False
         try:
-            await authenticate(self.access, context, handler.__name__)
-            return await handler(self, request, context)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
+            with trace.use_span(scope.span, end_on_exit=False):
+                await authenticate(self.access, context, scope.action)
+                return await handler(self, request, context)
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await abort(context, exc)
+            await scope.fail(exc)
         finally:
-            forget(context)
+            scope.close(cancelled)
 
     return wrapper
 
@@ -125,15 +182,21 @@ def streaming(
     async def wrapper(
         self: S, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
     ) -> AsyncIterator[Resp]:
+        scope = _CallScope(self, handler.__name__, context)
+        cancelled = False
         try:
-            await authenticate(self.access, context, handler.__name__)
+            with trace.use_span(scope.span, end_on_exit=False):
+                await authenticate(self.access, context, scope.action)
             async for item in handler(self, request, context):
                 yield item
-        except (asyncio.CancelledError, grpc.aio.AbortError):
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await abort(context, exc)
+            await scope.fail(exc)
         finally:
-            forget(context)
+            scope.close(cancelled)
 
     return wrapper

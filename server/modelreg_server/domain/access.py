@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 import time
 import uuid
@@ -45,16 +46,18 @@ def _unauthenticated(message: str) -> errors.Unauthenticated:
     return errors.Unauthenticated(message, "UNAUTHENTICATED")
 
 
+# Label keys and values as models carry them (and as role_bindings' CHECK constraint accepts them).
+_LABEL_SCOPE_RE = re.compile(r"labels\.[A-Za-z][A-Za-z0-9_.-]{0,62}=.{0,256}", re.DOTALL)
+
+
 def parse_scope(scope: str) -> str:
     """Validates a binding scope: '', `models/{m}` or `labels.{key}={value}`."""
     from modelreg_server.domain.names import MODEL_ID_RE
 
     if scope == "" or (scope.startswith("models/") and MODEL_ID_RE.fullmatch(scope[7:])):
         return scope
-    if scope.startswith("labels.") and "=" in scope:
-        key = scope[7:].partition("=")[0]
-        if key and key[0].isalpha() and len(key) <= 63:
-            return scope
+    if _LABEL_SCOPE_RE.fullmatch(scope):
+        return scope
     raise errors.invalid("role_binding.scope", "use '' (global), 'models/{model}' or 'labels.{key}={value}'")
 
 

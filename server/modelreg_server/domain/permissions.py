@@ -34,6 +34,7 @@ class Permission(enum.StrEnum):
     AUDIT_READ = "modelreg.audit.read"
     MODELS_DELETE = "modelreg.models.delete"
     ACCESS_ADMIN = "modelreg.access.admin"  # principals, tokens, role bindings
+    WEBHOOKS_MANAGE = "modelreg.webhooks.manage"  # webhooks, their deliveries, redelivery, replay
 
 
 _VIEWER = frozenset({Permission.READ})
@@ -51,6 +52,7 @@ _LEAD = _ML_ENGINEER | {
     Permission.TRAFFIC_SET,
     Permission.MODELS_SET_POLICY,
     Permission.AUDIT_READ,
+    Permission.WEBHOOKS_MANAGE,
 }
 _ADMIN = frozenset(Permission)
 
@@ -64,4 +66,4 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
 }
 
 # Permissions that only make sense registry-wide: a scoped binding never grants them.
-GLOBAL_ONLY = frozenset({Permission.ACCESS_ADMIN, Permission.AUDIT_READ})
+GLOBAL_ONLY = frozenset({Permission.ACCESS_ADMIN, Permission.AUDIT_READ, Permission.WEBHOOKS_MANAGE})

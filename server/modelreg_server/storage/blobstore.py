@@ -23,7 +23,9 @@ from minio import Minio
 from minio.commonconfig import ComposeSource, CopySource
 from minio.datatypes import Part
 from minio.error import MinioException, S3Error
+from opentelemetry.trace import Span, Status, StatusCode
 
+from modelreg_server import telemetry
 from modelreg_server.domain import errors
 
 log = logging.getLogger(__name__)
@@ -123,7 +125,14 @@ class BlobStore:
 
     def _submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        future = loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        if telemetry.tracer_enabled():
+            span = telemetry.tracer.start_span(
+                f"s3 {getattr(fn, '__name__', 'call')}",
+                attributes={"rpc.system": "s3", "s3.bucket": self.bucket},
+            )
+            future.add_done_callback(lambda done: _end_span(span, done))
+        return future
 
     @staticmethod
     async def _result(future: asyncio.Future[T]) -> T:
@@ -290,3 +299,11 @@ class BlobStore:
     def close(self) -> None:
         """Stops the worker threads once their current calls end."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _end_span(span: Span, done: asyncio.Future[Any]) -> None:
+    if done.cancelled():
+        span.set_status(Status(StatusCode.ERROR, "cancelled"))
+    elif done.exception() is not None:
+        span.set_status(Status(StatusCode.ERROR, type(done.exception()).__name__))
+    span.end()

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeAlias, TypeVar
 
 import asyncpg
+from asyncpg.connection import LoggedQuery
 from asyncpg.pool import PoolConnectionProxy
+from opentelemetry.trace import Status, StatusCode
 
+from modelreg_server import telemetry
 from modelreg_server.domain import errors
 
 log = logging.getLogger(__name__)
@@ -37,6 +41,22 @@ _CONNECTION_CLASSES = ("08", "57P", "53")  # connection exceptions, admin shutdo
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for typ in ("jsonb", "json"):
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    conn.add_query_logger(_trace_query)
+
+
+def _trace_query(query: LoggedQuery) -> None:
+    """A child span per statement, placed after the fact from the timing asyncpg reports."""
+    if not telemetry.tracer_enabled():
+        return
+    end = time.time_ns()
+    span = telemetry.tracer.start_span(
+        "postgresql",
+        start_time=end - int(query.elapsed * 1e9),
+        attributes={"db.system": "postgresql", "db.statement": query.query[:2000]},
+    )
+    if query.exception is not None:
+        span.set_status(Status(StatusCode.ERROR, type(query.exception).__name__))
+    span.end(end_time=end)
 
 
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 16) -> asyncpg.Pool:
