@@ -349,12 +349,15 @@ def _measure(
         f"{kind} x{concurrency}: {real['throughput_per_s']}/s p50 {real['p50_ms']} ms p99 {real['p99_ms']} ms"
         f" errors {real['errors']} | empty handler {empty['throughput_per_s']}/s p50 {empty['p50_ms']} ms"
     )
+    # Server CPU per call: unlike throughput it hardly depends on what else the shared machine runs.
+    server_cpu_ms = ratio(real["cpu"].get("server_cpu_pct", 0.0) * 10.0, real["throughput_per_s"], 2)
     return {
         "workload": kind,
         "rpc": RPC_OF[kind],
         "concurrency": concurrency,
         "client_procs": measured[False].client_procs,
         **real,
+        "server_cpu_ms_per_op": server_cpu_ms,
         "empty_handler": empty,
         "ratio_to_empty_handler": {
             "throughput": ratio(real["throughput_per_s"], empty["throughput_per_s"]),

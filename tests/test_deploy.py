@@ -194,7 +194,7 @@ def k8s_one(kind: str) -> dict[str, Any]:
     return found[0]
 
 
-def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+def pod_template(obj: dict[str, Any]) -> dict[str, Any]:
     spec = obj["spec"]
     if obj["kind"] == "CronJob":
         spec = spec["jobTemplate"]["spec"]
@@ -321,11 +321,6 @@ def test_dockerfile_builds_a_slim_non_root_image_of_the_project() -> None:
     assert image_extras() <= set(PYPROJECT["project"]["optional-dependencies"])
 
 
-@pytest.mark.xfail(
-    "embedded" not in PYPROJECT["project"]["optional-dependencies"],
-    reason="pyproject's `server` extra still holds the dev stack until an `embedded` extra is split off",
-    strict=True,
-)
 def test_image_extras_hold_no_dev_stack() -> None:
     extras = PYPROJECT["project"]["optional-dependencies"]
     requirements = [req for extra in image_extras() for req in extras[extra]]
@@ -408,8 +403,8 @@ def test_ports_agree_across_image_configmap_container_probes_and_services() -> N
     port = port_of(dockerfile_env(runtime_stage())["MODELREG_LISTEN"])
     assert port_of(k8s_one("ConfigMap")["data"]["MODELREG_LISTEN"]) == port
     container = server_container()
-    (container_port,) = container["ports"]
-    assert container_port == {"name": "grpc", "containerPort": port, "protocol": "TCP"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["grpc"] == port
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         # Kubelet's grpc probe takes a port number only (named ports are not supported).
         assert container[probe]["grpc"]["port"] == port, probe
@@ -422,6 +417,19 @@ def test_ports_agree_across_image_configmap_container_probes_and_services() -> N
     for name in ("registry-1", "registry-2"):
         (mapping,) = compose_services()[name]["ports"]
         assert int(str(mapping).rsplit(":", 1)[1]) == port, name
+
+
+def test_metrics_port_agrees_with_container_port_and_scrape_annotations() -> None:
+    metrics_port = int(k8s_one("ConfigMap")["data"].get("MODELREG_METRICS_PORT", "0"))
+    container_ports = {p["name"]: p["containerPort"] for p in server_container()["ports"]}
+    annotations = k8s_one("Deployment")["spec"]["template"]["metadata"].get("annotations", {})
+    if not metrics_port:
+        assert "metrics" not in container_ports and "prometheus.io/port" not in annotations
+        return
+    assert container_ports["metrics"] == metrics_port != container_ports["grpc"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == metrics_port
+    assert annotations["prometheus.io/path"] == "/metrics"
 
 
 def test_probes_are_grpc_health_checks_of_registered_services() -> None:
@@ -452,7 +460,8 @@ def test_pdb_and_services_select_the_server_pods_only() -> None:
     pdb = k8s_one("PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"] == selector
     assert pdb["spec"]["minAvailable"] == 1 < deployment["spec"]["replicas"]
-    other_pods = [pod_spec(obj)["metadata"]["labels"] for obj in workloads() if obj["kind"] != "Deployment"]
+    others = [obj for obj in workloads() if obj["kind"] != "Deployment"]
+    other_pods = [pod_template(obj)["metadata"]["labels"] for obj in others]
     assert other_pods, "the migration Job's pods"
     for (kind, name), obj in k8s_objects().items():
         if kind == "Service":
@@ -465,7 +474,7 @@ def test_pdb_and_services_select_the_server_pods_only() -> None:
 def test_workloads_run_real_commands_with_the_configuration() -> None:
     commands = {}
     for obj in workloads():
-        (container,) = pod_spec(obj)["spec"]["containers"]
+        (container,) = pod_template(obj)["spec"]["containers"]
         assert "command" not in container, "keep the image's ENTRYPOINT (modelreg-server)"
         assert_valid_server_args(container["args"])
         commands[obj["kind"]] = container["args"][0]
@@ -481,7 +490,7 @@ def test_workloads_run_real_commands_with_the_configuration() -> None:
 def test_workloads_are_non_root_with_read_only_root_filesystems() -> None:
     uid = int(runtime_stage().last("USER").split(":")[0])
     for obj in workloads():
-        spec = pod_spec(obj)["spec"]
+        spec = pod_template(obj)["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["securityContext"]["runAsUser"] == uid
         assert spec["automountServiceAccountToken"] is False
@@ -494,7 +503,7 @@ def test_workloads_are_non_root_with_read_only_root_filesystems() -> None:
 
 
 def test_one_image_everywhere_tagged_with_the_project_version() -> None:
-    images = {container["image"] for obj in workloads() for container in pod_spec(obj)["spec"]["containers"]}
+    images = {c["image"] for obj in workloads() for c in pod_template(obj)["spec"]["containers"]}
     services = compose_services()
     images |= {services[name]["image"] for name in COMPOSE_APP_SERVICES}
     assert len(images) == 1, images

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from modelreg.v1 import (
     access_service_pb2_grpc,
     artifact_service_pb2,
     artifact_service_pb2_grpc,
+    governance_service_pb2,
+    governance_service_pb2_grpc,
     lifecycle_service_pb2,
     lifecycle_service_pb2_grpc,
     model_registry_service_pb2,
@@ -29,6 +32,7 @@ from modelreg.v1 import (
 from modelreg_server import telemetry
 from modelreg_server.api.access_servicer import AccessServicer
 from modelreg_server.api.artifact_servicer import ArtifactServicer
+from modelreg_server.api.governance_servicer import GovernanceServicer
 from modelreg_server.api.lifecycle_servicer import LifecycleServicer
 from modelreg_server.api.registry_servicer import RegistryServicer
 from modelreg_server.api.serving_servicer import ServingServicer
@@ -36,11 +40,13 @@ from modelreg_server.api.webhook_convert import render_event
 from modelreg_server.api.webhook_servicer import WebhookServicer
 from modelreg_server.config import Settings
 from modelreg_server.domain.access import AccessControl
+from modelreg_server.domain.approvals import Approvals
 from modelreg_server.domain.artifacts import open_artifacts
 from modelreg_server.domain.audit import AuditLog
 from modelreg_server.domain.catalog import Catalog
 from modelreg_server.domain.errors import RegistryError
 from modelreg_server.domain.feed import ChangeFeed
+from modelreg_server.domain.gates import PromotionGates
 from modelreg_server.domain.lifecycle import Lifecycle
 from modelreg_server.domain.pagination import PageTokenCodec
 from modelreg_server.domain.resolve_cache import ModelScopedCache
@@ -60,6 +66,7 @@ SERVICE_NAMES = (
     lifecycle_service_pb2.DESCRIPTOR.services_by_name["LifecycleService"].full_name,
     lifecycle_service_pb2.DESCRIPTOR.services_by_name["ServingService"].full_name,
     access_service_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
+    governance_service_pb2.DESCRIPTOR.services_by_name["GovernanceService"].full_name,
     webhook_service_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
 )
 
@@ -163,8 +170,13 @@ async def serve(settings: Settings) -> int:
     model_registry_service_pb2_grpc.add_ModelRegistryServiceServicer_to_server(
         RegistryServicer(catalog, access), server
     )
+    gates = PromotionGates(db, retention=timedelta(days=settings.retention_days))
+    lifecycle = Lifecycle(db, tokens, on_commit=committed, guard=gates)
     lifecycle_service_pb2_grpc.add_LifecycleServiceServicer_to_server(
-        LifecycleServicer(Lifecycle(db, tokens, on_commit=committed), catalog, access), server
+        LifecycleServicer(lifecycle, catalog, access), server
+    )
+    governance_service_pb2_grpc.add_GovernanceServiceServicer_to_server(
+        GovernanceServicer(gates, Approvals(db, lifecycle, tokens, audit_log), access), server
     )
     lifecycle_service_pb2_grpc.add_ServingServiceServicer_to_server(
         ServingServicer(Serving(db, feed, cache), access, settings.watch_heartbeat_s), server
@@ -193,7 +205,8 @@ async def serve(settings: Settings) -> int:
     for name in (*SERVICE_NAMES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     watchdog = asyncio.create_task(
-        _watch_database(db, health_servicer, (*SERVICE_NAMES, ""), settings.health_interval_s)
+        # "" (the process, for liveness) stays SERVING: restarting replicas cannot bring a database back.
+        _watch_database(db, health_servicer, SERVICE_NAMES, settings.health_interval_s)
     )
     host = settings.listen.rsplit(":", 1)[0]
     print(f"modelreg-server listening on {host}:{port}", flush=True)

@@ -36,6 +36,8 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    # Versions that held PRODUCTION or a protected alias, and their blobs, are kept this long after (0: off).
+    retention_days: int = 365
     # Webhook targets may be loopback, private or link-local addresses (on-premises receivers, tests).
     webhook_allow_private: bool = False
     # Attempts per webhook delivery before it is FAILED (1 s, 2 s, 4 s … apart, capped at an hour).
@@ -63,6 +65,7 @@ class Settings:
             "tls_cert": env.get("MODELREG_TLS_CERT", ""),
             "tls_key": env.get("MODELREG_TLS_KEY", ""),
             "tls_client_ca": env.get("MODELREG_TLS_CLIENT_CA", ""),
+            "retention_days": int(env.get("MODELREG_RETENTION_DAYS", "365")),
             "webhook_allow_private": _bool(env.get("MODELREG_WEBHOOK_ALLOW_PRIVATE", "false")),
             "webhook_max_attempts": int(env.get("MODELREG_WEBHOOK_MAX_ATTEMPTS", "12")),
             "metrics_port": int(env.get("MODELREG_METRICS_PORT", "0")),

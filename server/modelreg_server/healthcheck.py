@@ -2,8 +2,8 @@
 
 Exits 0 when Health/Check reports SERVING and 1 otherwise (not serving, unknown service, unreachable,
 timed out), which is what Docker's HEALTHCHECK and Kubernetes exec probes expect. The default address is
-the port of MODELREG_LISTEN on the loopback interface. Plaintext only: with MODELREG_TLS_CERT set,
-check through a TLS-terminating proxy or the `grpc:` probe of a mesh sidecar instead.
+the port of MODELREG_LISTEN on the loopback interface. Plaintext only, like the kubelet's `grpc:` probes;
+deploy/README.md says what to do when the server terminates TLS itself.
 """
 
 from __future__ import annotations

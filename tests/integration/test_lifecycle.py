@@ -526,10 +526,10 @@ async def test_watch_heartbeats_when_idle(client: Client) -> None:
 
 async def test_deleting_a_model_reaches_watchers_and_resolvers(client: Client) -> None:
     model_id = await client.model(versions=1)
-    await client.set_alias(model_id, "champion", 1)
-    assert (await client.resolve(model_id, "champion")).version == 1
+    await client.set_alias(model_id, "canary", 1)
+    assert (await client.resolve(model_id, "canary")).version == 1
     stream = client.serving.WatchAliases(lc.WatchAliasesRequest(models=[f"models/{model_id}"]))
     await client.registry.DeleteModel(pb.DeleteModelRequest(name=f"models/{model_id}", force=True))
     await collect(stream, lambda cs: any(c.type == lc.CHANGE_TYPE_MODEL_DELETED for c in cs))
     stream.cancel()
-    assert (await fails(client.resolve(model_id, "champion"))).code == Code.NOT_FOUND
+    assert (await fails(client.resolve(model_id, "canary"))).code == Code.NOT_FOUND

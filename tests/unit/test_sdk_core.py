@@ -486,6 +486,12 @@ class _FakeRegistry(service_pb2_grpc.ModelRegistryServiceServicer):
         self._record("UpdateModelVersion", request, context)
         return request.model_version
 
+    def CompareModelVersions(
+        self, request: service_pb2.CompareModelVersionsRequest, context: grpc.ServicerContext
+    ) -> service_pb2.CompareModelVersionsResponse:
+        self._record("CompareModelVersions", request, context)
+        return service_pb2.CompareModelVersionsResponse()
+
 
 @pytest.fixture
 def fake() -> Iterator[tuple[_FakeRegistry, str]]:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping
+import os
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -12,7 +15,7 @@ import grpc
 import grpc.aio
 from google.protobuf import timestamp_pb2
 
-from modelreg import _core
+from modelreg import _core, _tracing, packages
 from modelreg._core import (
     AliasRef,
     ChannelOption,
@@ -22,7 +25,10 @@ from modelreg._core import (
     TrafficRoutes,
     VersionLike,
 )
-from modelreg.errors import Cancelled, from_rpc_error
+from modelreg.errors import Cancelled, DataLoss, ModelregError, from_rpc_error
+from modelreg.packages import BlobCache, BlobFetch, BlobUpload, Manifest, ProgressCallback
+from modelreg.v1 import artifact_service_pb2 as artifact_pb2
+from modelreg.v1 import artifact_service_pb2_grpc as artifact_pb2_grpc
 from modelreg.v1 import lifecycle_service_pb2 as lifecycle_pb2
 from modelreg.v1 import lifecycle_service_pb2_grpc as lifecycle_pb2_grpc
 from modelreg.v1 import model_pb2
@@ -30,6 +36,7 @@ from modelreg.v1 import model_registry_service_pb2 as service_pb2
 from modelreg.v1 import model_registry_service_pb2_grpc as service_pb2_grpc
 
 if TYPE_CHECKING:
+    from modelreg.v1.artifact_service_pb2_grpc import ArtifactServiceAsyncStub
     from modelreg.v1.lifecycle_service_pb2_grpc import LifecycleServiceAsyncStub, ServingServiceAsyncStub
     from modelreg.v1.model_registry_service_pb2_grpc import ModelRegistryServiceAsyncStub
 
@@ -37,6 +44,8 @@ __all__ = ["AsyncRegistry", "AsyncWatchStream"]
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
 
 
 class AsyncWatchStream(AsyncIterator[lifecycle_pb2.WatchAliasesResponse]):
@@ -120,13 +129,19 @@ class AsyncRegistry:
         )
         credentials = self.config.channel_credentials()
         channel_options = self.config.channel_options()
+        interceptors = _tracing.aio_interceptors(self.config.address)
         if credentials is None:
-            self._channel = grpc.aio.insecure_channel(self.config.address, options=channel_options)
+            self._channel = grpc.aio.insecure_channel(
+                self.config.address, options=channel_options, interceptors=interceptors
+            )
         else:
-            self._channel = grpc.aio.secure_channel(self.config.address, credentials, options=channel_options)
+            self._channel = grpc.aio.secure_channel(
+                self.config.address, credentials, options=channel_options, interceptors=interceptors
+            )
         self._stub: ModelRegistryServiceAsyncStub = service_pb2_grpc.ModelRegistryServiceStub(self._channel)
         self._lifecycle: LifecycleServiceAsyncStub = lifecycle_pb2_grpc.LifecycleServiceStub(self._channel)
         self._serving: ServingServiceAsyncStub = lifecycle_pb2_grpc.ServingServiceStub(self._channel)
+        self._artifacts: ArtifactServiceAsyncStub = artifact_pb2_grpc.ArtifactServiceStub(self._channel)
 
     @property
     def address(self) -> str:
@@ -411,3 +426,322 @@ class AsyncRegistry:
         """Stream a snapshot, then every change (`async for`); see :meth:`modelreg.Registry.watch_aliases`."""
         request = _core.watch_aliases_request(models, since_revision)
         return AsyncWatchStream(self._serving.WatchAliases(request, metadata=self.config.call_metadata))
+
+    # --- model packages --------------------------------------------------------------------------------
+
+    async def upload_model(
+        self,
+        model: str,
+        path: str | os.PathLike[str],
+        *,
+        format: str = packages.DEFAULT_FORMAT,
+        progress: ProgressCallback | None = None,
+        parallelism: int = 4,
+        run_id: str = "",
+        description: str = "",
+        labels: Mapping[str, str] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        lineage: model_pb2.Lineage | Mapping[str, Any] | None = None,
+        input_schema: model_pb2.Schema | Mapping[str, Any] | None = None,
+        output_schema: model_pb2.Schema | Mapping[str, Any] | None = None,
+        dependencies: model_pb2.Dependencies | Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+    ) -> model_pb2.ModelVersion:
+        """Publish the file or directory at `path` as the next version of `model` (see
+        :meth:`modelreg.Registry.upload_model`). File reads and hashing run in worker threads; `progress`
+        is called on the event loop."""
+        name = _core.model_name(model)
+        packages.check_parallelism(parallelism)
+        packages.check_format(format)
+        files = await asyncio.to_thread(packages.scan_package, path)
+        await self.get_model(name)  # fail before reading gigabytes when the model does not exist
+        cancelled = threading.Event()
+        hashed = await self._in_parallel(
+            lambda f: asyncio.to_thread(f.hashed, cancelled), files, parallelism, cancelled
+        )
+        manifest = packages.build_manifest(hashed, format)
+        data = manifest.canonical_bytes()
+        digest = packages.blob_digest(data)
+        missing = await self._find_missing([*(f.digest for f in hashed), digest])
+        uploads = packages.plan_uploads(hashed, missing)
+        tracker = packages.Progress(progress, sum(u.size for u in uploads))
+        tracker.report()
+        await self._in_parallel(
+            lambda u: self._upload_blob(u, tracker, cancelled), uploads, parallelism, cancelled
+        )
+        if digest in missing:
+            await self._upload_blob(BlobUpload(digest, len(data), data), packages.Progress(None), cancelled)
+        return await self.create_model_version(
+            name,
+            run_id=run_id,
+            description=description,
+            labels=labels,
+            metrics=metrics,
+            lineage=lineage,
+            input_schema=input_schema,
+            output_schema=output_schema,
+            dependencies=dependencies,
+            artifact_digest=digest,
+            request_id=request_id,
+        )
+
+    async def get_manifest(
+        self,
+        ref: str | model_pb2.ModelVersion,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        use_cache: bool = True,
+    ) -> Manifest:
+        """Return the manifest of a package (see :meth:`modelreg.Registry.get_manifest`)."""
+        cache = packages.open_cache(cache_dir, use_cache)
+        return await self._fetch_manifest(await self._package_digest(packages.parse_package_ref(ref)), cache)
+
+    async def download_model(
+        self,
+        ref: str | model_pb2.ModelVersion,
+        dest: str | os.PathLike[str],
+        *,
+        verify: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
+        use_cache: bool = True,
+        progress: ProgressCallback | None = None,
+        parallelism: int = 4,
+        use_presigned_urls: bool = False,
+    ) -> Path:
+        """Download the package of a version into the directory `dest` and return `dest` (see
+        :meth:`modelreg.Registry.download_model`). File work runs in worker threads; `progress` is
+        called on the event loop."""
+        packages.check_parallelism(parallelism)
+        cache = packages.open_cache(cache_dir, use_cache)
+        manifest = await self._fetch_manifest(
+            await self._package_digest(packages.parse_package_ref(ref)), cache
+        )
+        root = Path(dest)
+        await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
+        fetches = packages.plan_download(manifest, root)
+        planned = await asyncio.to_thread(lambda: sum(f.bytes_to_fetch(cache) for f in fetches))
+        tracker = packages.Progress(progress, planned)
+        tracker.report()
+        cancelled = threading.Event()
+
+        def obtain(fetch: BlobFetch) -> Awaitable[None]:
+            return self._obtain(
+                root, fetch, cache, tracker, cancelled, verify=verify, presigned=use_presigned_urls
+            )
+
+        await self._in_parallel(obtain, fetches, parallelism, cancelled)
+        return root
+
+    async def _in_parallel(
+        self,
+        work: Callable[[_Item], Awaitable[_Result]],
+        items: Sequence[_Item],
+        parallelism: int,
+        cancelled: threading.Event,
+    ) -> list[_Result]:
+        """`work` on every item, at most `parallelism` at a time; the first error cancels the rest."""
+        results: dict[int, _Result] = {}
+        pending = iter(enumerate(items))
+
+        async def worker() -> None:
+            for index, item in pending:  # one iterator shared by the workers
+                results[index] = await work(item)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(parallelism, len(items))):
+                    group.create_task(worker())
+        except BaseExceptionGroup as failures:
+            cancelled.set()  # stops worker threads still hashing
+            raise failures.exceptions[0] from None
+        except BaseException:
+            cancelled.set()
+            raise
+        return [results[index] for index in range(len(items))]
+
+    async def _find_missing(self, digests: Iterable[str]) -> set[str]:
+        missing: set[str] = set()
+        for request in packages.find_missing_requests(digests):
+            missing.update((await self._call(self._artifacts.FindMissingBlobs, request)).missing_digests)
+        return missing
+
+    async def _upload_status(self, blob: BlobUpload, upload_id: str) -> artifact_pb2.UploadStatus:
+        if upload_id:
+            query = artifact_pb2.QueryUploadStatusRequest(upload_id=upload_id)
+            return await self._artifacts.QueryUploadStatus(
+                query, timeout=self.config.timeout, metadata=self.config.call_metadata
+            )
+        start = artifact_pb2.StartUploadRequest(digest=blob.digest, size=blob.size)
+        return await self._artifacts.StartUpload(
+            start, timeout=self.config.timeout, metadata=self.config.call_metadata
+        )
+
+    async def _upload_blob(
+        self, blob: BlobUpload, tracker: packages.Progress, cancelled: threading.Event
+    ) -> None:
+        """Send one blob, in one stream or through a resumable session, retrying broken streams."""
+        upload_id, offset, attempt = "", 0, 0
+        while True:
+            stream: packages.UploadStream | None = None
+            try:
+                if blob.resumable:
+                    status = await self._upload_status(blob, upload_id)
+                    upload_id, offset = status.upload_id, status.committed_size
+                stream = packages.UploadStream(
+                    blob,
+                    upload_id=upload_id,
+                    offset=offset,
+                    on_sent=lambda position: tracker.update(blob.digest, position),
+                )
+                try:
+                    # Transfers have no deadline: their length depends on the size, not on the server.
+                    response = await self._artifacts.UploadBlob(
+                        _messages(stream), metadata=self.config.call_metadata
+                    )
+                finally:
+                    await asyncio.to_thread(stream.close)
+                stream.check(response)
+                tracker.update(blob.digest, blob.size)
+                return
+            except grpc.aio.AioRpcError as err:
+                if stream is not None and stream.error is not None:
+                    raise stream.error from err
+                error = from_rpc_error(err)
+                if error.reason == "UPLOAD_NOT_FOUND":
+                    upload_id = ""  # the session expired: start a new one
+                delay = None if cancelled.is_set() else packages.retry_delay(error, attempt)
+                if delay is None:
+                    raise error from err
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    async def _package_digest(self, ref: packages.PackageRef) -> str:
+        if ref.digest:
+            return ref.digest
+        version = await self._call(self._stub.GetModelVersion, ref.get_version_request())
+        return packages.version_digest(version)
+
+    async def _fetch_manifest(self, digest: str, cache: BlobCache | None) -> Manifest:
+        data = await asyncio.to_thread(cache.read, digest) if cache is not None else None
+        if data is None:
+            buffer = bytearray()
+            request = artifact_pb2.DownloadBlobRequest(digest=digest)
+            call = self._artifacts.DownloadBlob(
+                request, timeout=self.config.timeout, metadata=self.config.call_metadata
+            )
+            try:
+                async for response in call:
+                    packages.append_manifest_chunk(buffer, response.data, digest)
+            except grpc.aio.AioRpcError as err:
+                raise from_rpc_error(err) from err
+            finally:
+                call.cancel()
+            data = bytes(buffer)
+            manifest = packages.parse_manifest(data, digest)
+            if cache is not None:
+                await asyncio.to_thread(cache.store, digest, data)
+            return manifest
+        return packages.parse_manifest(data, digest)
+
+    async def _obtain(
+        self,
+        root: Path,
+        fetch: BlobFetch,
+        cache: BlobCache | None,
+        tracker: packages.Progress,
+        cancelled: threading.Event,
+        *,
+        verify: bool,
+        presigned: bool,
+    ) -> None:
+        """Put one blob at its targets: from the cache, else from the network through its partial file."""
+        if cache is not None:
+            was_cached = await asyncio.to_thread(cache.has, fetch.digest, fetch.size)
+            source = await asyncio.to_thread(cache.lookup, fetch.digest, fetch.size, verify=verify)
+            if source is not None:
+                await asyncio.to_thread(packages.install, root, fetch, source, move=False)
+                return
+            if was_cached:  # the entry was corrupt and is gone: its bytes come over the network after all
+                tracker.add_total(await asyncio.to_thread(fetch.bytes_to_fetch, None))
+        writer = await asyncio.to_thread(packages.BlobWriter, root, fetch, verify=verify)
+        try:
+            while True:
+                await self._receive(writer, tracker, cancelled, presigned=presigned)
+                try:
+                    path = await asyncio.to_thread(writer.finish)
+                    break
+                except DataLoss:
+                    if writer.resumed_from == 0:
+                        await asyncio.to_thread(writer.discard)
+                        raise
+                    # What an earlier attempt left in the partial file was wrong: start over, once.
+                    tracker.add_total(writer.resumed_from)
+                    await asyncio.to_thread(writer.restart)
+        finally:
+            writer.close()
+        if cache is not None:
+            await asyncio.to_thread(cache.store, fetch.digest, path)
+        await asyncio.to_thread(packages.install, root, fetch, path, move=True)
+
+    async def _receive(
+        self,
+        writer: packages.BlobWriter,
+        tracker: packages.Progress,
+        cancelled: threading.Event,
+        *,
+        presigned: bool,
+    ) -> None:
+        """Fill the partial file up to the blob's size, resuming after broken streams."""
+        fetch = writer.fetch
+        loop = asyncio.get_running_loop()
+
+        def on_progress(position: int) -> None:
+            tracker.update(fetch.digest, position - writer.resumed_from)
+
+        def on_progress_threadsafe(position: int) -> None:
+            loop.call_soon_threadsafe(on_progress, position)
+
+        attempt = 0
+        while writer.offset < fetch.size:
+            before = writer.offset
+            try:
+                if presigned:
+                    request = artifact_pb2.GetBlobDownloadUrlRequest(digest=fetch.digest)
+                    url = (await self._call(self._artifacts.GetBlobDownloadUrl, request)).url
+                    await asyncio.to_thread(
+                        packages.fetch_url,
+                        url,
+                        writer,
+                        on_progress=on_progress_threadsafe,
+                        cancelled=cancelled,
+                        timeout=self.config.timeout,
+                    )
+                else:
+                    await self._download_into(writer, on_progress)
+            except (ModelregError, OSError) as exc:
+                delay = packages.transfer_retry_delay(exc, attempt)
+                if delay is None:
+                    raise
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            if writer.offset == before:
+                raise packages.size_mismatch(fetch, writer.offset)
+
+    async def _download_into(self, writer: packages.BlobWriter, on_progress: Callable[[int], None]) -> None:
+        request = artifact_pb2.DownloadBlobRequest(digest=writer.fetch.digest, read_offset=writer.offset)
+        call = self._artifacts.DownloadBlob(request, metadata=self.config.call_metadata)
+        try:
+            async for response in call:
+                await asyncio.to_thread(writer.write, response.data)
+                on_progress(writer.offset)
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from err
+        finally:
+            call.cancel()
+
+
+async def _messages(stream: packages.UploadStream) -> AsyncIterator[artifact_pb2.UploadBlobRequest]:
+    """The request iterator of an aio UploadBlob call; chunks are read from disk in a worker thread."""
+    while (message := await asyncio.to_thread(stream.next_message)) is not None:
+        yield message

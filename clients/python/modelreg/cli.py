@@ -10,13 +10,16 @@ Examples:
   modelreg routes set fraud champion=90 canary=10
   modelreg resolve fraud champion
   modelreg watch fraud --json
+  modelreg push ./model --model fraud --format onnx --run-id run-42 --metric auc=0.93
+  modelreg pull fraud@champion ./serving/model
 
 Connection: --address (else $MODELREG_ADDRESS, else 127.0.0.1:50051); --token (else $MODELREG_TOKEN,
 else the file .modelreg/admin.token in the current directory).
 
 Output is an aligned table (lists) or a field/value listing (single resources); --json prints the
-protobuf JSON of the resource, or a JSON array for lists. Errors print one line to stderr:
-`error: <CODE> <reason>: <message>`.
+protobuf JSON of the resource, or a JSON array for lists. push and pull draw a progress bar on stderr
+when it is a terminal (not with --quiet); pull --json prints the destination, digest and files.
+Errors print one line to stderr: `error: <CODE> <reason>: <message>`.
 
 Exit codes:
   0   success
@@ -52,10 +55,21 @@ from google.protobuf.message import Message
 from modelreg import _core
 from modelreg.client import Registry
 from modelreg.errors import ModelregError, ResourceExhausted, Unavailable
+from modelreg.packages import Manifest
 from modelreg.v1 import lifecycle_service_pb2 as lifecycle_pb2
 from modelreg.v1 import model_pb2
 
-__all__ = ["EXIT_CODES", "build_parser", "exit_code_for", "format_fields", "format_table", "main"]
+__all__ = [
+    "EXIT_CODES",
+    "ProgressBar",
+    "build_parser",
+    "exit_code_for",
+    "format_fields",
+    "format_progress",
+    "format_table",
+    "main",
+    "pull_result",
+]
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -256,7 +270,53 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.set_defaults(handler=_versions_create)
 
     _add_lifecycle_commands(resources, common)
+    _add_package_commands(resources, common)
     return parser
+
+
+def _add_package_commands(
+    resources: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    cmd = resources.add_parser("push", parents=[common], help="upload a model package as a new version")
+    cmd.add_argument("path", metavar="PATH", help="a file, or a directory (every file below it)")
+    cmd.add_argument("--model", required=True, metavar="MODEL", help="model id or name (must exist)")
+    cmd.add_argument("--format", default="custom", help="onnx, pytorch, sklearn, ... (default: custom)")
+    cmd.add_argument("--run-id", default="", metavar="RUN")
+    cmd.add_argument("--description", default="")
+    cmd.add_argument(
+        "--metric", dest="metrics", type=_metric, action="append", default=[], metavar="NAME=VALUE"
+    )
+    cmd.add_argument(
+        "--label", dest="labels", type=_key_value, action="append", default=[], metavar="KEY=VALUE"
+    )
+    _add_transfer_options(cmd)
+    cmd.set_defaults(handler=_push)
+
+    cmd = resources.add_parser("pull", parents=[common], help="download the package of a version")
+    cmd.add_argument(
+        "ref",
+        metavar="REF",
+        help="MODEL/N, models/MODEL/versions/N, MODEL@ALIAS or a sha256: manifest digest",
+    )
+    cmd.add_argument("dest", metavar="DEST", help="directory to write the files into")
+    cmd.add_argument("--no-verify", action="store_true", help="skip checking each file's sha256")
+    cmd.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="blob cache (default: $MODELREG_CACHE_DIR or ~/.cache)",
+    )
+    cmd.add_argument("--no-cache", action="store_true", help="neither read nor fill the blob cache")
+    cmd.add_argument("--presigned", action="store_true", help="fetch blobs over HTTP from presigned URLs")
+    _add_transfer_options(cmd)
+    cmd.set_defaults(handler=_pull)
+
+
+def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--parallelism", type=_positive_int, default=4, metavar="N", help="files in flight (default: 4)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_lifecycle_commands(
@@ -739,6 +799,126 @@ def _routes_resolve(registry: Registry, args: argparse.Namespace, out: TextIO) -
     else:
         fields = [*resolution_fields(answer.resolution), ("route", route_target(answer.route))]
         print(format_fields(fields), file=out)
+
+
+_PROGRESS_DELAY = 0.5
+_PROGRESS_INTERVAL = 0.1
+_PROGRESS_WIDTH = 24
+_MiB = 1024 * 1024
+
+
+def format_progress(label: str, done: int, total: int, elapsed: float) -> str:
+    """One progress line: `push [#######.........]  42.0%  107.5/256.0 MiB  35.1 MiB/s`."""
+    fraction = min(1.0, done / total) if total else 1.0
+    filled = round(fraction * _PROGRESS_WIDTH)
+    bar = "#" * filled + "." * (_PROGRESS_WIDTH - filled)
+    rate = done / elapsed / _MiB if elapsed > 0 else 0.0
+    return (
+        f"{label} [{bar}] {100 * fraction:5.1f}%  {done / _MiB:.1f}/{total / _MiB:.1f} MiB  {rate:.1f} MiB/s"
+    )
+
+
+class ProgressBar:
+    """A transfer progress line redrawn in place on a terminal, at most ten times a second.
+
+    It appears only once a transfer has run for half a second, so quick ones print nothing. Use it as the
+    SDK's `progress` callback and call :meth:`close` at the end.
+    """
+
+    def __init__(self, label: str, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
+        self._label = label
+        self._stream = stream
+        self._clock = clock
+        self._start = clock()
+        self._last_draw = 0.0
+        self._drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self._clock()
+        finished = done >= total
+        if now - self._start < _PROGRESS_DELAY and not self._drawn:
+            return
+        if not finished and now - self._last_draw < _PROGRESS_INTERVAL:
+            return
+        self._last_draw = now
+        self._stream.write("\r" + format_progress(self._label, done, total, now - self._start))
+        self._stream.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        """End the line, if one was drawn."""
+        if self._drawn:
+            self._stream.write("\n")
+            self._stream.flush()
+            self._drawn = False
+
+
+def _progress_bar(args: argparse.Namespace, label: str) -> ProgressBar | None:
+    if args.quiet or not sys.stderr.isatty():
+        return None
+    return ProgressBar(label, sys.stderr)
+
+
+def pull_result(dest: str, manifest: Manifest) -> dict[str, Any]:
+    """What `modelreg pull --json` prints: destination, manifest digest, format and files."""
+    return {
+        "destination": dest,
+        "artifact_digest": manifest.digest,
+        "format": manifest.format,
+        "total_size": manifest.total_size,
+        "files": [
+            {"path": f.path, "digest": f.digest, "size": f.size, "mode": f.mode} for f in manifest.files
+        ],
+    }
+
+
+def _push(registry: Registry, args: argparse.Namespace, out: TextIO) -> None:
+    bar = _progress_bar(args, "push")
+    try:
+        version = registry.upload_model(
+            args.model,
+            args.path,
+            format=args.format,
+            progress=bar,
+            parallelism=args.parallelism,
+            run_id=args.run_id,
+            description=args.description,
+            labels=dict(args.labels),
+            metrics=dict(args.metrics),
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    _print_one(version, args, out)
+
+
+def _pull(registry: Registry, args: argparse.Namespace, out: TextIO) -> None:
+    use_cache = not args.no_cache
+    # Resolve the reference once, so an alias that moves meanwhile cannot mix two versions' files.
+    manifest = registry.get_manifest(args.ref, cache_dir=args.cache_dir, use_cache=use_cache)
+    bar = _progress_bar(args, "pull")
+    try:
+        dest = registry.download_model(
+            manifest.digest,
+            args.dest,
+            verify=not args.no_verify,
+            cache_dir=args.cache_dir,
+            use_cache=use_cache,
+            progress=bar,
+            parallelism=args.parallelism,
+            use_presigned_urls=args.presigned,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    result = pull_result(str(dest), manifest)
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False), file=out)
+    else:
+        fields = [
+            (key, str(result[key])) for key in ("destination", "artifact_digest", "format", "total_size")
+        ]
+        print(format_fields([*fields, ("files", str(len(manifest.files)))]), file=out)
 
 
 _WATCH_RESUME_DELAY = 1.0

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import contextvars
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
 
 import grpc
 from google.protobuf import timestamp_pb2
 
-from modelreg import _core
+from modelreg import _core, _tracing, packages
 from modelreg._core import (
     AliasRef,
     ChannelOption,
@@ -20,7 +25,10 @@ from modelreg._core import (
     TrafficRoutes,
     VersionLike,
 )
-from modelreg.errors import from_rpc_error
+from modelreg.errors import Cancelled, DataLoss, ModelregError, from_rpc_error
+from modelreg.packages import BlobCache, BlobFetch, BlobUpload, Manifest, ProgressCallback
+from modelreg.v1 import artifact_service_pb2 as artifact_pb2
+from modelreg.v1 import artifact_service_pb2_grpc as artifact_pb2_grpc
 from modelreg.v1 import lifecycle_service_pb2 as lifecycle_pb2
 from modelreg.v1 import lifecycle_service_pb2_grpc as lifecycle_pb2_grpc
 from modelreg.v1 import model_pb2
@@ -31,6 +39,8 @@ __all__ = ["Registry", "WatchStream"]
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
 
 
 class WatchStream(Iterator[lifecycle_pb2.WatchAliasesResponse]):
@@ -117,12 +127,14 @@ class Registry:
         credentials = self.config.channel_credentials()
         channel_options = self.config.channel_options()
         if credentials is None:
-            self._channel = grpc.insecure_channel(self.config.address, options=channel_options)
+            channel = grpc.insecure_channel(self.config.address, options=channel_options)
         else:
-            self._channel = grpc.secure_channel(self.config.address, credentials, options=channel_options)
+            channel = grpc.secure_channel(self.config.address, credentials, options=channel_options)
+        self._channel = _tracing.intercept_channel(channel, self.config.address)
         self._stub = service_pb2_grpc.ModelRegistryServiceStub(self._channel)
         self._lifecycle = lifecycle_pb2_grpc.LifecycleServiceStub(self._channel)
         self._serving = lifecycle_pb2_grpc.ServingServiceStub(self._channel)
+        self._artifacts = artifact_pb2_grpc.ArtifactServiceStub(self._channel)
 
     @property
     def address(self) -> str:
@@ -561,3 +573,370 @@ class Registry:
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
         return WatchStream(call)
+
+    # --- model packages --------------------------------------------------------------------------------
+
+    def upload_model(
+        self,
+        model: str,
+        path: str | os.PathLike[str],
+        *,
+        format: str = packages.DEFAULT_FORMAT,
+        progress: ProgressCallback | None = None,
+        parallelism: int = 4,
+        run_id: str = "",
+        description: str = "",
+        labels: Mapping[str, str] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        lineage: model_pb2.Lineage | Mapping[str, Any] | None = None,
+        input_schema: model_pb2.Schema | Mapping[str, Any] | None = None,
+        output_schema: model_pb2.Schema | Mapping[str, Any] | None = None,
+        dependencies: model_pb2.Dependencies | Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+    ) -> model_pb2.ModelVersion:
+        """Publish the file or directory at `path` as the next version of `model`, and return the version.
+
+        ```python
+        version = registry.upload_model("fraud", "out/model", format="onnx", metrics={"auc": 0.93})
+        ```
+
+        The files are hashed (sha256) in `parallelism` threads and listed in a manifest (relative POSIX
+        paths, digests, sizes, permission bits). Only the blobs the registry does not hold yet are sent,
+        up to `parallelism` at a time in 1 MiB chunks; blobs over 64 MiB go through resumable sessions
+        that continue where a broken stream stopped. Then the manifest is uploaded and the version
+        registered with its digest as `artifact_digest`. Re-publishing unchanged files sends no file bytes.
+        Files are streamed from disk, never read whole.
+
+        Args:
+            model: Model id or name; the model must exist.
+            path: A file (the package holds just it) or a directory (every file below it).
+            format: Model format: `onnx`, `pytorch`, `sklearn`, `custom`, ...
+            progress: Called as `progress(sent_bytes, total_bytes)` while blobs are sent, from worker
+                threads (never two calls at once); `total_bytes` counts only what must be sent.
+            parallelism: Files hashed and blobs sent at the same time.
+            run_id, description, labels, metrics, lineage, input_schema, output_schema, dependencies,
+                request_id: Fields of the new version, as in :meth:`create_model_version`.
+
+        Raises:
+            ValueError: `path` holds no files, or names the registry would refuse.
+            OSError: A file could not be read.
+            NotFound: No such model.
+            DataLoss: A file changed while it was being uploaded.
+        """
+        name = _core.model_name(model)
+        packages.check_parallelism(parallelism)
+        packages.check_format(format)
+        files = packages.scan_package(path)
+        self.get_model(name)  # fail before reading gigabytes when the model does not exist
+        cancelled = threading.Event()
+        hashed = self._in_parallel(lambda f: f.hashed(cancelled), files, parallelism, cancelled)
+        manifest = packages.build_manifest(hashed, format)
+        data = manifest.canonical_bytes()
+        digest = packages.blob_digest(data)
+        missing = self._find_missing([*(f.digest for f in hashed), digest])
+        uploads = packages.plan_uploads(hashed, missing)
+        tracker = packages.Progress(progress, sum(u.size for u in uploads))
+        tracker.report()
+        self._in_parallel(lambda u: self._upload_blob(u, tracker, cancelled), uploads, parallelism, cancelled)
+        if digest in missing:
+            self._upload_blob(BlobUpload(digest, len(data), data), packages.Progress(None), cancelled)
+        return self.create_model_version(
+            name,
+            run_id=run_id,
+            description=description,
+            labels=labels,
+            metrics=metrics,
+            lineage=lineage,
+            input_schema=input_schema,
+            output_schema=output_schema,
+            dependencies=dependencies,
+            artifact_digest=digest,
+            request_id=request_id,
+        )
+
+    def get_manifest(
+        self,
+        ref: str | model_pb2.ModelVersion,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        use_cache: bool = True,
+    ) -> Manifest:
+        """Return the manifest of a package: its files, their digests, sizes and modes.
+
+        Args:
+            ref: As in :meth:`download_model`.
+            cache_dir, use_cache: As in :meth:`download_model`.
+
+        Raises:
+            NotFound: No such version or blob.
+            FailedPrecondition: The version has no artifact (`NO_ARTIFACT`).
+            DataLoss: The manifest does not match its digest, or is invalid or unsafe.
+        """
+        cache = packages.open_cache(cache_dir, use_cache)
+        return self._fetch_manifest(self._package_digest(packages.parse_package_ref(ref)), cache)
+
+    def download_model(
+        self,
+        ref: str | model_pb2.ModelVersion,
+        dest: str | os.PathLike[str],
+        *,
+        verify: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
+        use_cache: bool = True,
+        progress: ProgressCallback | None = None,
+        parallelism: int = 4,
+        use_presigned_urls: bool = False,
+    ) -> Path:
+        """Download the package of a version into the directory `dest` and return `dest`.
+
+        ```python
+        registry.download_model("models/fraud@champion", "/srv/model")
+        ```
+
+        The manifest is checked against its digest and its paths are refused if they could escape `dest`
+        or collide (even coming from the registry). Each file arrives in `<file>.partial`, is checked
+        against its sha256 while streaming, then renamed into place with the manifest's permission bits.
+        An interrupted download resumes: the bytes of a `.partial` file are re-hashed and only the rest
+        is fetched. Blobs are kept in a local content-addressed cache, so pulling the same files again
+        downloads nothing (files are copied out of the cache, never linked, so editing them cannot
+        corrupt it). Other files in `dest` are left alone.
+
+        Args:
+            ref: A version (`models/m/versions/3`, `m/3`), an alias (`models/m@champion`, `m@champion`),
+                a manifest digest (`sha256:...`) or a `ModelVersion`.
+            dest: Directory to write into; created if missing.
+            verify: Check every file's sha256 (and the cache entries used). The manifest is always checked.
+            cache_dir: Blob cache directory; default `$MODELREG_CACHE_DIR`, else `~/.cache/modelreg/blobs`.
+            use_cache: False to neither read nor fill the cache.
+            progress: Called as `progress(received_bytes, total_bytes)` from worker threads (never two
+                calls at once); `total_bytes` counts only what comes over the network.
+            parallelism: Blobs fetched at the same time.
+            use_presigned_urls: Fetch blobs over HTTP from presigned URLs (GetBlobDownloadUrl) instead of
+                streaming them through the registry.
+
+        Raises:
+            NotFound: No such version, alias or blob.
+            FailedPrecondition: The version has no artifact (`NO_ARTIFACT`).
+            DataLoss: Bytes that do not match their digest or size, or an invalid or unsafe manifest.
+            OSError: `dest` or the files in it could not be written.
+        """
+        packages.check_parallelism(parallelism)
+        cache = packages.open_cache(cache_dir, use_cache)
+        manifest = self._fetch_manifest(self._package_digest(packages.parse_package_ref(ref)), cache)
+        root = Path(dest)
+        root.mkdir(parents=True, exist_ok=True)
+        fetches = packages.plan_download(manifest, root)
+        tracker = packages.Progress(progress, sum(f.bytes_to_fetch(cache) for f in fetches))
+        tracker.report()
+        cancelled = threading.Event()
+
+        def obtain(fetch: BlobFetch) -> None:
+            self._obtain(root, fetch, cache, tracker, cancelled, verify=verify, presigned=use_presigned_urls)
+
+        self._in_parallel(obtain, fetches, parallelism, cancelled)
+        return root
+
+    def _in_parallel(
+        self,
+        work: Callable[[_Item], _Result],
+        items: Sequence[_Item],
+        parallelism: int,
+        cancelled: threading.Event,
+    ) -> list[_Result]:
+        """`work` on every item in up to `parallelism` threads; the first error stops the rest."""
+        if len(items) <= 1 or parallelism == 1:
+            return [work(item) for item in items]
+        with ThreadPoolExecutor(min(parallelism, len(items)), thread_name_prefix="modelreg") as pool:
+            # Each task runs in a copy of the caller's context, so its RPC spans join the caller's trace.
+            futures: list[Future[_Result]] = [
+                pool.submit(contextvars.copy_context().run, work, item) for item in items
+            ]
+            try:
+                wait(futures, return_when=FIRST_EXCEPTION)
+                for future in futures:
+                    if future.done() and future.exception() is not None:
+                        future.result()
+            except BaseException:
+                cancelled.set()
+                for future in futures:
+                    future.cancel()
+                raise
+        return [future.result() for future in futures]
+
+    def _find_missing(self, digests: Iterable[str]) -> set[str]:
+        missing: set[str] = set()
+        for request in packages.find_missing_requests(digests):
+            missing.update(self._call(self._artifacts.FindMissingBlobs, request).missing_digests)
+        return missing
+
+    def _upload_status(self, blob: BlobUpload, upload_id: str) -> artifact_pb2.UploadStatus:
+        if upload_id:
+            query = artifact_pb2.QueryUploadStatusRequest(upload_id=upload_id)
+            return self._artifacts.QueryUploadStatus(
+                query, timeout=self.config.timeout, metadata=self.config.call_metadata
+            )
+        start = artifact_pb2.StartUploadRequest(digest=blob.digest, size=blob.size)
+        return self._artifacts.StartUpload(
+            start, timeout=self.config.timeout, metadata=self.config.call_metadata
+        )
+
+    def _upload_blob(self, blob: BlobUpload, tracker: packages.Progress, cancelled: threading.Event) -> None:
+        """Send one blob, in one stream or through a resumable session, retrying broken streams."""
+        upload_id, offset, attempt = "", 0, 0
+        while True:
+            stream: packages.UploadStream | None = None
+            try:
+                if blob.resumable:
+                    status = self._upload_status(blob, upload_id)
+                    upload_id, offset = status.upload_id, status.committed_size
+                stream = packages.UploadStream(
+                    blob,
+                    upload_id=upload_id,
+                    offset=offset,
+                    on_sent=lambda position: tracker.update(blob.digest, position),
+                    cancelled=cancelled,
+                )
+                try:
+                    # Transfers have no deadline: their length depends on the size, not on the server.
+                    response = self._artifacts.UploadBlob(
+                        iter(stream.next_message, None), metadata=self.config.call_metadata
+                    )
+                finally:
+                    stream.close()
+                stream.check(response)
+                tracker.update(blob.digest, blob.size)
+                return
+            except grpc.RpcError as err:
+                if stream is not None and stream.error is not None:
+                    raise stream.error from err
+                error = from_rpc_error(err)
+                if error.reason == "UPLOAD_NOT_FOUND":
+                    upload_id = ""  # the session expired: start a new one
+                delay = None if cancelled.is_set() else packages.retry_delay(error, attempt)
+                if delay is None:
+                    raise error from err
+                attempt += 1
+                if cancelled.wait(delay):
+                    raise Cancelled("upload cancelled") from err
+
+    def _package_digest(self, ref: packages.PackageRef) -> str:
+        if ref.digest:
+            return ref.digest
+        return packages.version_digest(self._call(self._stub.GetModelVersion, ref.get_version_request()))
+
+    def _fetch_manifest(self, digest: str, cache: BlobCache | None) -> Manifest:
+        data = cache.read(digest) if cache is not None else None
+        if data is None:
+            buffer = bytearray()
+            request = artifact_pb2.DownloadBlobRequest(digest=digest)
+            call = self._artifacts.DownloadBlob(
+                request, timeout=self.config.timeout, metadata=self.config.call_metadata
+            )
+            try:
+                for response in call:
+                    packages.append_manifest_chunk(buffer, response.data, digest)
+            except grpc.RpcError as err:
+                raise from_rpc_error(err) from err
+            finally:
+                cast("grpc.Future[artifact_pb2.DownloadBlobResponse]", call).cancel()
+            data = bytes(buffer)
+            manifest = packages.parse_manifest(data, digest)
+            if cache is not None:
+                cache.store(digest, data)
+            return manifest
+        return packages.parse_manifest(data, digest)
+
+    def _obtain(
+        self,
+        root: Path,
+        fetch: BlobFetch,
+        cache: BlobCache | None,
+        tracker: packages.Progress,
+        cancelled: threading.Event,
+        *,
+        verify: bool,
+        presigned: bool,
+    ) -> None:
+        """Put one blob at its targets: from the cache, else from the network through its partial file."""
+        if cache is not None:
+            was_cached = cache.has(fetch.digest, fetch.size)
+            source = cache.lookup(fetch.digest, fetch.size, verify=verify)
+            if source is not None:
+                packages.install(root, fetch, source, move=False)
+                return
+            if was_cached:  # the entry was corrupt and is gone: its bytes come over the network after all
+                tracker.add_total(fetch.bytes_to_fetch(None))
+        writer = packages.BlobWriter(root, fetch, verify=verify)
+        try:
+            while True:
+                self._receive(writer, tracker, cancelled, presigned=presigned)
+                try:
+                    path = writer.finish()
+                    break
+                except DataLoss:
+                    if writer.resumed_from == 0:
+                        writer.discard()
+                        raise
+                    # What an earlier attempt left in the partial file was wrong: start over, once.
+                    tracker.add_total(writer.resumed_from)
+                    writer.restart()
+        finally:
+            writer.close()
+        if cache is not None:
+            cache.store(fetch.digest, path)
+        packages.install(root, fetch, path, move=True)
+
+    def _receive(
+        self,
+        writer: packages.BlobWriter,
+        tracker: packages.Progress,
+        cancelled: threading.Event,
+        *,
+        presigned: bool,
+    ) -> None:
+        """Fill the partial file up to the blob's size, resuming after broken streams."""
+        fetch = writer.fetch
+
+        def on_progress(position: int) -> None:
+            tracker.update(fetch.digest, position - writer.resumed_from)
+
+        attempt = 0
+        while writer.offset < fetch.size:
+            before = writer.offset
+            try:
+                if presigned:
+                    url = self._call(
+                        self._artifacts.GetBlobDownloadUrl,
+                        artifact_pb2.GetBlobDownloadUrlRequest(digest=fetch.digest),
+                    ).url
+                    packages.fetch_url(
+                        url, writer, on_progress=on_progress, cancelled=cancelled, timeout=self.config.timeout
+                    )
+                else:
+                    self._download_into(writer, on_progress, cancelled)
+            except (ModelregError, OSError) as exc:
+                delay = None if cancelled.is_set() else packages.transfer_retry_delay(exc, attempt)
+                if delay is None:
+                    raise
+                attempt += 1
+                if cancelled.wait(delay):
+                    raise Cancelled("download cancelled") from exc
+                continue
+            if writer.offset == before:
+                raise packages.size_mismatch(fetch, writer.offset)
+
+    def _download_into(
+        self, writer: packages.BlobWriter, on_progress: Callable[[int], None], cancelled: threading.Event
+    ) -> None:
+        request = artifact_pb2.DownloadBlobRequest(digest=writer.fetch.digest, read_offset=writer.offset)
+        call = self._artifacts.DownloadBlob(request, metadata=self.config.call_metadata)
+        try:
+            for response in call:
+                if cancelled.is_set():
+                    raise Cancelled("download cancelled")
+                writer.write(response.data)
+                on_progress(writer.offset)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        finally:
+            cast("grpc.Future[artifact_pb2.DownloadBlobResponse]", call).cancel()

@@ -56,6 +56,28 @@ def model_to_proto(model: ModelRecord) -> model_pb2.Model:
 
 def version_to_proto(version: VersionRecord) -> model_pb2.ModelVersion:
     """The wire form of a version."""
+    if version.details is not None:
+        message = model_pb2.ModelVersion.FromString(version.details)
+        message.MergeFrom(_version_scalars(version))
+        return message
+    return _from_json_columns(version)
+
+
+def _from_json_columns(version: VersionRecord) -> model_pb2.ModelVersion:
+    """Versions registered before the details column: rebuild the nested messages from jsonb."""
+    message = _version_scalars(version)
+    for field, value in (
+        ("lineage", from_json(version.lineage, model_pb2.Lineage())),
+        ("input_schema", from_json(version.input_schema, model_pb2.Schema())),
+        ("output_schema", from_json(version.output_schema, model_pb2.Schema())),
+        ("dependencies", from_json(version.dependencies, model_pb2.Dependencies())),
+    ):
+        if value is not None:
+            getattr(message, field).CopyFrom(value)
+    return message
+
+
+def _version_scalars(version: VersionRecord) -> model_pb2.ModelVersion:
     return model_pb2.ModelVersion(
         name=version_name(version.model_id, version.version),
         version=version.version,
@@ -63,10 +85,6 @@ def version_to_proto(version: VersionRecord) -> model_pb2.ModelVersion:
         description=version.description,
         labels=version.labels,
         metrics=version.metrics,
-        lineage=from_json(version.lineage, model_pb2.Lineage()),
-        input_schema=from_json(version.input_schema, model_pb2.Schema()),
-        output_schema=from_json(version.output_schema, model_pb2.Schema()),
-        dependencies=from_json(version.dependencies, model_pb2.Dependencies()),
         artifact_digest=version.artifact_digest,
         stage=model_pb2.Stage.ValueType(int(version.stage)),
         creator=version.creator,
@@ -89,4 +107,14 @@ def new_version_from_proto(mv: model_pb2.ModelVersion) -> NewVersion:
         output_schema=to_json(mv.output_schema),
         dependencies=to_json(mv.dependencies),
         artifact_digest=mv.artifact_digest,
+        details=_details(mv),
     )
+
+
+def _details(mv: model_pb2.ModelVersion) -> bytes:
+    """The nested metadata as a serialized ModelVersion holding only those fields."""
+    holder = model_pb2.ModelVersion()
+    for field in ("lineage", "input_schema", "output_schema", "dependencies"):
+        if mv.HasField(field):
+            getattr(holder, field).CopyFrom(getattr(mv, field))
+    return holder.SerializeToString(deterministic=True)

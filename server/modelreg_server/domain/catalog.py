@@ -203,7 +203,9 @@ class Catalog:
         request_id: str | None,
     ) -> VersionRecord:
         """Registers the next version of a model. A repeated request id returns the first result."""
-        request_hash = hashlib.sha256(json.dumps(asdict(new), sort_keys=True).encode()).digest()
+        # The details bytes repeat the jsonb fields (and are not canonical), so they stay out of the hash.
+        fingerprint = {k: v for k, v in asdict(new).items() if k != "details"}
+        request_hash = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).digest()
         parents = [parse_version_name(p, "model_version.lineage.parent_versions") for p in _parents(new)]
         manifest = await self._verify_package(new.artifact_digest) if new.artifact_digest else None
 

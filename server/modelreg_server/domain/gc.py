@@ -1,8 +1,9 @@
 """Garbage collection of the artifact store (`modelreg-server gc`).
 
 Removes, in this order: upload sessions past expiry (and one-shot sessions whose writer died), S3
-multipart uploads and staging objects no session owns, blobs no model version references, and blob
-objects without a row (left by a crash between the S3 commit and the database commit).
+multipart uploads and staging objects no session owns, blobs no model version references (unless a
+promoted version's retention still covers them: `skipped_retained`), and blob objects without a row
+(left by a crash between the S3 commit and the database commit).
 
 Never a referenced blob, even while versions are being registered: a blob row is deleted only while
 holding it FOR UPDATE (skipping rows a registration holds FOR SHARE, see `artifacts.lock_package`) and
@@ -44,6 +45,8 @@ class GcReport:
     deleted_bytes: int = 0
     deleted_orphan_objects: int = 0
     skipped_busy: int = 0
+    # Unreferenced blobs kept because a promoted version's retention period still covers them.
+    skipped_retained: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         """The report as JSON-ready data."""
@@ -77,7 +80,8 @@ async def collect(db: Database, store: BlobStore, *, grace: timedelta, dry_run: 
     await _delete_orphan_staging(db, store, grace, report)
     await _delete_unreferenced_blobs(db, store, grace, report)
     await _delete_orphan_blob_objects(db, store, grace, report)
-    log.info("gc %s", report.as_dict() | {"deleted_blobs": len(report.deleted_blobs)})
+    counts = {"deleted_blobs": len(report.deleted_blobs), "skipped_retained": len(report.skipped_retained)}
+    log.info("gc %s", report.as_dict() | counts)
     return report
 
 
@@ -150,10 +154,15 @@ async def _delete_unreferenced_blobs(
                 for b in await blob_repo.collectable_blobs(conn, grace, BATCH + len(seen))
                 if b.digest not in seen
             ]
+            retained = await blob_repo.retention_of(conn, [b.digest for b in candidates])
         if not candidates:
             return
         for blob in candidates:
             seen.add(blob.digest)
+            if blob.digest in retained:
+                report.skipped_retained.append(blob.digest)
+                log.info("gc keeps %s: %s", blob.digest, retained[blob.digest])
+                continue
             if report.dry_run:
                 report.deleted_blobs.append(blob.digest)
                 report.deleted_bytes += blob.size

@@ -34,6 +34,9 @@ class Permission(enum.StrEnum):
     AUDIT_READ = "modelreg.audit.read"
     MODELS_DELETE = "modelreg.models.delete"
     ACCESS_ADMIN = "modelreg.access.admin"  # principals, tokens, role bindings
+    PROMOTIONS_REQUEST = "modelreg.promotions.request"  # ask for an approved promotion
+    PROMOTIONS_APPROVE = "modelreg.promotions.approve"  # approve or reject others' promotion requests
+    PROMOTIONS_CANCEL_ANY = "modelreg.promotions.cancelAny"  # cancel requests of other principals
     WEBHOOKS_MANAGE = "modelreg.webhooks.manage"  # webhooks, their deliveries, redelivery, replay
 
 
@@ -45,7 +48,11 @@ _DATA_SCIENTIST = _VIEWER | {
     Permission.VERSIONS_UPDATE,
     Permission.ARTIFACTS_WRITE,
 }
-_ML_ENGINEER = _DATA_SCIENTIST | {Permission.STAGES_STAGING, Permission.ALIASES_SET}
+_ML_ENGINEER = _DATA_SCIENTIST | {
+    Permission.STAGES_STAGING,
+    Permission.ALIASES_SET,
+    Permission.PROMOTIONS_REQUEST,
+}
 _LEAD = _ML_ENGINEER | {
     Permission.STAGES_PRODUCTION,
     Permission.ALIASES_SET_PROTECTED,
@@ -53,6 +60,7 @@ _LEAD = _ML_ENGINEER | {
     Permission.MODELS_SET_POLICY,
     Permission.AUDIT_READ,
     Permission.WEBHOOKS_MANAGE,
+    Permission.PROMOTIONS_APPROVE,
 }
 _ADMIN = frozenset(Permission)
 

@@ -108,6 +108,9 @@ class NewVersion:
     output_schema: JsonObject = field(default_factory=dict)
     dependencies: JsonObject = field(default_factory=dict)
     artifact_digest: str = ""
+    # lineage, schemas and dependencies once more as the API layer's encoding, opaque below it (reads are
+    # far cheaper from it than from the JSON objects above).
+    details: bytes = field(default=b"", compare=False)
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ class VersionRecord:
     create_time: datetime
     update_time: datetime
     aliases: tuple[str, ...] = ()
+    details: bytes | None = None
 
 
 @dataclass(frozen=True)

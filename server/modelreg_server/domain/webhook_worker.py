@@ -132,7 +132,9 @@ class WebhookWorker:
         self._stopping = True
         self._wake.set()
         self._due.set()
-        _, pending = await asyncio.wait(self._tasks, timeout=grace) if self._tasks else (set(), set())
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(self._tasks, timeout=grace)
         for task in pending:
             task.cancel()
         for task in self._tasks:

@@ -20,6 +20,10 @@ _REFERENCED = """(
     OR EXISTS (SELECT 1 FROM manifest_files mf
                JOIN model_versions v ON v.artifact_digest = mf.manifest_digest
                WHERE mf.file_digest = b.digest))"""
+# Retained blobs belong to versions that held PRODUCTION or a protected alias (migration 0005).
+_RETAINED = (
+    "EXISTS (SELECT 1 FROM retained_blobs r WHERE r.digest = b.digest AND r.retain_until > clock_timestamp())"
+)
 
 
 @dataclass(frozen=True)
@@ -184,19 +188,33 @@ async def lock_for_collection(conn: Connection, digest: str) -> bool:
 
 
 async def delete_if_collectable(conn: Connection, digest: str, grace: timedelta) -> bool:
-    """Deletes a locked blob row if it is still unreferenced and past grace.
+    """Deletes a locked blob row if it is still unreferenced, unretained and past grace.
 
     A new statement, hence (in READ COMMITTED) a fresh snapshot: it sees every version committed before
     the row lock was taken.
     """
     row = await conn.fetchrow(
         f"""DELETE FROM blobs b WHERE b.digest = $1
-              AND b.touch_time < clock_timestamp() - $2::interval AND NOT {_REFERENCED}
+              AND b.touch_time < clock_timestamp() - $2::interval AND NOT {_REFERENCED} AND NOT {_RETAINED}
             RETURNING b.digest""",
         digest,
         grace,
     )
     return row is not None
+
+
+async def retention_of(conn: Connection, digests: Sequence[str]) -> dict[str, str]:
+    """Why each retained digest among these is kept: until when, for which version."""
+    rows = await conn.fetch(
+        """SELECT digest, retain_until, model_id, version FROM retained_blobs
+           WHERE digest = ANY($1::text[]) AND retain_until > clock_timestamp()""",
+        list(digests),
+    )
+    return {
+        r["digest"]: f"retained until {r['retain_until'].isoformat()} for models/{r['model_id']}/versions/"
+        f"{r['version']}, which held PRODUCTION or a protected alias"
+        for r in rows
+    }
 
 
 async def known_digests(conn: Connection, digests: Sequence[str]) -> set[str]:

@@ -34,6 +34,10 @@ _RULE_REASONS = {
     "MR002": "POLICY_FORBIDS_CHANGE",
     "MR003": "VERSION_ARCHIVED",
     "MR004": "STAGE_TRANSITION_NOT_ALLOWED",
+    "MR006": "RETENTION",
+    "MR007": "LEGAL_HOLD",
+    "MR008": "SELF_APPROVAL",
+    "MR009": "PROMOTION_REQUEST_CLOSED",
 }
 _CONNECTION_CLASSES = ("08", "57P", "53")  # connection exceptions, admin shutdown, insufficient resources
 

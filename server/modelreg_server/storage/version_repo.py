@@ -17,7 +17,7 @@ from modelreg_server.storage.sql_query import FieldSpec, Params
 _COLUMNS = (
     "v.model_id, v.version, v.run_id, v.description, v.labels, v.metrics, v.lineage, v.input_schema, "
     "v.output_schema, v.dependencies, v.artifact_digest, v.stage, v.creator, v.revision, v.create_time, "
-    "v.update_time, "
+    "v.update_time, v.details, "
     "ARRAY(SELECT a.alias FROM aliases a WHERE a.model_id = v.model_id AND a.version = v.version "
     "ORDER BY a.alias) AS aliases"
 )
@@ -77,6 +77,7 @@ def _record(row: asyncpg.Record) -> VersionRecord:
         create_time=row["create_time"],
         update_time=row["update_time"],
         aliases=tuple(row["aliases"]),
+        details=row["details"],
     )
 
 
@@ -93,8 +94,9 @@ async def insert(
     """Inserts a version whose number was allocated in the same transaction."""
     row = await conn.fetchrow(
         "INSERT INTO model_versions AS v (model_id, version, run_id, description, labels, metrics, lineage, "
-        "input_schema, output_schema, dependencies, artifact_digest, creator, request_id, request_hash) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) "
+        "input_schema, output_schema, dependencies, artifact_digest, creator, request_id, request_hash, "
+        "details) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) "
         f"RETURNING {_COLUMNS}",
         model_id,
         version,
@@ -110,6 +112,7 @@ async def insert(
         creator,
         request_id,
         request_hash,
+        new.details or None,
     )
     assert row is not None
     return _record(row)

@@ -330,10 +330,10 @@ async def record_attempt(
 ) -> None:
     """Stores the outcome of one attempt; a PENDING delivery is due again after `retry_in_s`."""
     await conn.execute(
-        "UPDATE webhook_deliveries SET state = $3, attempt_count = attempt_count + 1, "
+        "UPDATE webhook_deliveries SET state = $3::smallint, attempt_count = attempt_count + 1, "
         "last_attempt_time = clock_timestamp(), last_status_code = $4, last_error = $5, "
         "next_attempt_time = clock_timestamp() + make_interval(secs => $6), "
-        "delivered_time = CASE WHEN $3 = 2 THEN clock_timestamp() END "
+        "delivered_time = CASE WHEN $3::smallint = 2 THEN clock_timestamp() END "
         "WHERE webhook_id = $1 AND revision = $2",
         webhook_id,
         revision,
