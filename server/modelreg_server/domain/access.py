@@ -215,6 +215,8 @@ class AccessControl:
         self, caller: Caller, principal_id: str, description: str, expire_time: datetime | None
     ) -> tuple[TokenRow, str]:
         """A new token and its secret, which is not stored and cannot be shown again."""
+        if expire_time is not None and expire_time <= datetime.now(UTC):
+            raise errors.invalid("token.expire_time", "must be in the future")
         token_id = uuid.uuid4()
         secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
         bearer = f"{TOKEN_PREFIX}{token_id.hex}_{secret}"

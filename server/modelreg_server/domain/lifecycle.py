@@ -168,11 +168,7 @@ class Lifecycle:
             if stage == Stage.ARCHIVED:
                 await _check_can_archive(conn, target)
             moves.append((target, stage))
-            revision = await repo.allocate_revisions(conn, len(moves))
-            for offset, (version, to_stage) in enumerate(moves):
-                await _apply_stage(conn, version, to_stage, revision + offset, comment, caller)
-            updated = await version_repo.get(conn, model.model_id, target.version)
-            assert updated is not None
+            # Global locks in one order everywhere: the audit head, then the revision counter.
             await audit.record(
                 conn,
                 caller,
@@ -182,6 +178,11 @@ class Lifecycle:
                 archived=[version_name(v.model_id, v.version) for v, s in moves if v is not target],
                 comment=comment,
             )
+            revision = await repo.allocate_revisions(conn, len(moves))
+            for offset, (version, to_stage) in enumerate(moves):
+                await _apply_stage(conn, version, to_stage, revision + offset, comment, caller)
+            updated = await version_repo.get(conn, model.model_id, target.version)
+            assert updated is not None
             return updated
 
         result: VersionRecord = await self._mutate(ref.model_id, work)

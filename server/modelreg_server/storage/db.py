@@ -87,6 +87,8 @@ def translate(exc: BaseException) -> errors.RegistryError | None:
         detail = str(exc)
         if state == "23505":
             return errors.AlreadyExists(f"already exists: {detail}", "ALREADY_EXISTS")
+        if state == "23514":
+            return errors.InvalidArgument(f"value violates a constraint: {detail}", "CONSTRAINT_VIOLATION")
         if state == "23503":
             return errors.FailedPrecondition(f"referenced resource is missing: {detail}", "REFERENCE_MISSING")
         if state in _RETRYABLE:
