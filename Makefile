@@ -35,8 +35,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# A private base temp dir: concurrent pytest runs on one machine rotate /tmp/pytest-of-<user> and would
+# delete each other's live directories (data dirs of the PostgreSQL and S3 servers the tests start).
 pytest: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --basetemp="$$(mktemp -d /tmp/modelreg-pytest.XXXXXX)"
 
 test: check-protos buflint lint typecheck pytest
 
