@@ -18,6 +18,7 @@ the NOT_FOUND checks into the code behind them.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import importlib
@@ -30,14 +31,14 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import grpc
 import pytest
-from google.protobuf import message_factory
+from google.protobuf import duration_pb2, field_mask_pb2, message_factory, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -50,6 +51,8 @@ from modelreg.v1 import access_service_pb2 as access_pb
 from modelreg.v1 import access_service_pb2_grpc as access_grpc
 from modelreg.v1 import artifact_service_pb2 as artifact_pb
 from modelreg.v1 import artifact_service_pb2_grpc as artifact_grpc
+from modelreg.v1 import governance_service_pb2 as governance_pb
+from modelreg.v1 import governance_service_pb2_grpc as governance_grpc
 from modelreg.v1 import lifecycle_service_pb2 as lifecycle_pb
 from modelreg.v1 import lifecycle_service_pb2_grpc as lifecycle_grpc
 from modelreg.v1 import model_pb2
@@ -59,6 +62,7 @@ from modelreg.v1 import webhook_service_pb2 as webhook_pb
 from modelreg.v1 import webhook_service_pb2_grpc as webhook_grpc
 from modelreg_server.devstack import SeaweedS3
 from tests.support.packages import publish, sha
+from tests.support.rpc import bearer_interceptors
 from tests.support.rpc import channel as open_channel
 from tests.support.server import ServerProcess
 from tests.support.services import provision_database
@@ -75,7 +79,7 @@ CALL_DEADLINE = 10.0
 # A streaming call must deliver a message or its status within this long (heartbeats are every 0.5 s).
 READ_WAIT = 5.0
 # Examples per RPC. Derandomized: the same inputs on every run, so a failure reproduces and CI is stable.
-EXAMPLES_PER_RPC = 30
+EXAMPLES_PER_RPC = 25
 # Garbage on the wire.
 GARBAGE_CONNECTIONS = 60
 HALF_OPEN_CONNECTIONS = 200
@@ -112,6 +116,8 @@ def _generated_methods() -> list[MethodDescriptor]:
 
 
 METHODS = _generated_methods()
+# Destructive RPCs last, so the seeded resources are still there while the others are fuzzed.
+FUZZ_ORDER = sorted(METHODS, key=lambda m: m.name.startswith(("Delete", "Revoke", "Cancel", "Reject")))
 
 
 def _method_id(method: MethodDescriptor) -> str:
@@ -222,15 +228,14 @@ _WORDS = _descriptor_words()
 
 
 def _strings(known: Sequence[str]) -> st.SearchStrategy[str]:
-    """Hostile strings, the descriptor's own words, and real names of the seeded resources (plus variants)."""
-    names = st.sampled_from(sorted(set(known)))
+    """Hostile strings, the descriptor's own words, and seen names with hostile variations."""
+    names = st.sampled_from(sorted(set(known)) or [""])
     return st.one_of(
         st.sampled_from(_HOSTILE_STRINGS),
         st.sampled_from(_WORDS),
-        names,
-        st.tuples(names, st.sampled_from(["/", "x", "\x00", "/versions/1", "@champion", " desc", "é"])).map(
-            "".join
-        ),
+        st.tuples(
+            names, st.sampled_from(["/", "x", "\x00", "/versions/1", "@champion", " desc", "é", "%"])
+        ).map("".join),
         st.text(st.characters(codec="utf-8"), max_size=40),
         st.text(st.characters(min_codepoint=0, max_codepoint=0x7F), max_size=300),
     )
@@ -243,74 +248,199 @@ _BYTES = st.one_of(
 
 
 @dataclass
-class RequestStrategies:
-    """Strategies for every request message, aiming at the given names; built once per seeded server."""
+class Corpus:
+    """What the seeding calls sent and got back: successful requests by type (templates to mutate), and
+    every scalar value by field name (plausible values for a field of that name in any request)."""
 
-    known: Sequence[str]
+    templates: dict[str, list[Message]] = field(default_factory=lambda: collections.defaultdict(list))
+    values: dict[str, set[Any]] = field(default_factory=lambda: collections.defaultdict(set))
+
+    def add_exchange(self, request: Message, response: Message) -> None:
+        """Records a successful call."""
+        self.templates[request.DESCRIPTOR.full_name].append(request)
+        self._harvest(request)
+        self._harvest(response)
+
+    def _harvest(self, message: Message) -> None:
+        for fd, value in message.ListFields():
+            if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+                for key, item in value.items():
+                    self.values[f"{fd.name}.key"].add(key)
+                    if isinstance(item, Message):
+                        self._harvest(item)
+                    else:
+                        self.values[f"{fd.name}.value"].add(item)
+            elif fd.message_type is not None:
+                for item in value if fd.is_repeated else [value]:
+                    self._harvest(item)
+            else:
+                self.values[fd.name].update(value if fd.is_repeated else [value])
+
+    def strings(self) -> list[str]:
+        """Every string value seen."""
+        return sorted({v for values in self.values.values() for v in values if isinstance(v, str)})
+
+
+def _mostly(benign: st.SearchStrategy[T], hostile: st.SearchStrategy[T]) -> st.SearchStrategy[T]:
+    """Plausible three times in four: a request with one hostile field gets past the others' checks."""
+    return st.integers(0, 3).flatmap(lambda i: hostile if i == 0 else benign)
+
+
+Mode = Literal["plausible", "mixed", "hostile"]
+
+
+@dataclass
+class RequestStrategies:
+    """Strategies for every request message, aimed at the seeded resources; built once per server.
+
+    Three kinds of message: `plausible` (values seen during seeding, or ordinary ones), `hostile` (a
+    plausible message with exactly one field, at any depth, made hostile: it gets past the other fields'
+    checks to the one under test) and `mixed` (each field hostile one time in four).
+    """
+
+    corpus: Corpus
     max_depth: int = 3
-    _cache: dict[tuple[str, int], st.SearchStrategy[Message]] = field(default_factory=dict)
+    _cache: dict[tuple[str, int, str], st.SearchStrategy[Message]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.known = self.corpus.strings()
         self.text = _strings(self.known)
-        self.short_text = st.sampled_from(sorted({*self.known, *_WORDS[:50], "", "x"}))
 
-    def message(self, descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy[Message]:
-        """Messages of this type with any subset of their fields set to hostile values."""
-        key = (descriptor.full_name, depth)
-        if key not in self._cache:
-            cls = _message_class(descriptor)
-            if depth > self.max_depth:
-                self._cache[key] = st.builds(cls)
-            else:
-                optional = {fd.name: self._field(fd, depth) for fd in descriptor.fields}
-                self._cache[key] = st.fixed_dictionaries({}, optional=optional).map(
-                    functools.partial(_build, cls)
-                )
-        return self._cache[key]
-
-    def _field(self, fd: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
-        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
-            key_fd = fd.message_type.fields_by_name["key"]
-            value_fd = fd.message_type.fields_by_name["value"]
-            return st.one_of(
-                st.dictionaries(self._single(key_fd, depth), self._single(value_fd, depth + 1), max_size=4),
-                # More entries than any limit allows (labels ≤ 64, metrics ≤ 512).
-                st.integers(65, 600).map(lambda n: {f"k{i}": _zero(value_fd) for i in range(n)}),
+    def request(self, descriptor: Descriptor) -> st.SearchStrategy[Message]:
+        """Seeded requests with one or several fields made hostile, and generated ones."""
+        kinds = [self.message(descriptor, 0, "hostile"), self.message(descriptor, 0, "mixed")]
+        templates = self.corpus.templates.get(descriptor.full_name)
+        if templates and descriptor.fields:
+            one = st.sampled_from(list(descriptor.fields)).flatmap(
+                lambda fd: self._field(fd, 0, "hostile").map(lambda value: {fd.name: value})
             )
-        single = self._single(fd, depth)
+            several = st.fixed_dictionaries(
+                {}, optional={fd.name: self._field(fd, 0, "hostile") for fd in descriptor.fields}
+            )
+            for overrides in (one, several):
+                kinds.append(st.tuples(st.sampled_from(templates), overrides).map(lambda p: _override(*p)))
+        return st.one_of(kinds)
+
+    def message(self, descriptor: Descriptor, depth: int, mode: Mode) -> st.SearchStrategy[Message]:
+        """Messages of this type (see the class docstring for the modes)."""
+        key = (descriptor.full_name, depth, mode)
+        if key in self._cache:
+            return self._cache[key]
+        cls = _message_class(descriptor)
+        strategy: st.SearchStrategy[Message]
+        if depth > self.max_depth or not descriptor.fields:
+            strategy = st.builds(cls)
+        elif mode == "hostile":
+            base = self.message(descriptor, depth, "plausible")
+            spoiler = st.sampled_from(list(descriptor.fields)).flatmap(
+                lambda fd: self._field(fd, depth, "hostile").map(lambda value: {fd.name: value})
+            )
+            strategy = st.tuples(base, spoiler).map(lambda p: _override(*p))
+        else:
+            optional = {fd.name: self._field(fd, depth, mode) for fd in descriptor.fields}
+            strategy = st.fixed_dictionaries({}, optional=optional).map(functools.partial(_build, cls))
+        self._cache[key] = strategy
+        return strategy
+
+    def _field(self, fd: FieldDescriptor, depth: int, mode: Mode) -> st.SearchStrategy[Any]:
+        if mode == "mixed":
+            return _mostly(self._field(fd, depth, "plausible"), self._field(fd, depth, "hostile"))
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            return self._map(fd, depth, mode)
+        single = self._single(fd, depth, mode)
         if not fd.is_repeated:
             return single
-        return st.one_of(
-            st.lists(single, max_size=4),
-            # Far more elements than any request allows (FindMissingBlobs takes 10,000 digests).
-            self._short(fd).map(lambda item: [item] * 10_001),
+        if mode == "plausible":
+            return st.lists(single, max_size=3)
+        # Far more elements than any request allows (FindMissingBlobs takes 10,000 digests).
+        flood = self._plausible(fd).map(lambda item: [item] * 10_001)
+        with_hostile = st.tuples(st.lists(self._single(fd, depth, "plausible"), max_size=3), single).map(
+            lambda p: [*p[0], p[1]]
         )
+        return st.one_of(with_hostile, flood)
 
-    def _short(self, fd: FieldDescriptor) -> st.SearchStrategy[Any]:
+    def _map(self, fd: FieldDescriptor, depth: int, mode: Mode) -> st.SearchStrategy[dict[Any, Any]]:
+        assert fd.message_type is not None
+        key_fd = fd.message_type.fields_by_name["key"]
+        value_fd = fd.message_type.fields_by_name["value"]
+        keys = self._scalar(key_fd, f"{fd.name}.key", mode)
+        if value_fd.message_type is not None:
+            items = self.message(value_fd.message_type, depth + 1, mode)
+        else:
+            items = self._scalar(value_fd, f"{fd.name}.value", mode)
+        entries = st.dictionaries(keys, items, min_size=0 if mode == "plausible" else 1, max_size=3)
+        if mode == "plausible":
+            return entries
+        # More entries than any limit allows (labels ≤ 64, metrics ≤ 512).
+        flood = st.integers(65, 600).map(lambda n: {f"k{i}": _zero(value_fd) for i in range(n)})
+        return st.one_of(entries, flood)
+
+    def _single(self, fd: FieldDescriptor, depth: int, mode: Mode) -> st.SearchStrategy[Any]:
+        if fd.message_type is not None:
+            return self.message(fd.message_type, depth + 1, mode)
+        return self._scalar(fd, fd.name, mode)
+
+    def _scalar(self, fd: FieldDescriptor, name: str, mode: Mode) -> st.SearchStrategy[Any]:
+        if mode == "plausible":
+            return self._plausible(fd, name)
+        if mode == "hostile":
+            return self._hostile_scalar(fd)
+        return _mostly(self._plausible(fd, name), self._hostile_scalar(fd))
+
+    def _plausible(self, fd: FieldDescriptor, name: str | None = None) -> st.SearchStrategy[Any]:
+        """Values seen in this field (by name) during seeding, else ordinary values of the field's type."""
+        seen = sorted((v for v in self.corpus.values.get(name or fd.name, ()) if _fits(fd, v)), key=repr)
+        if seen:
+            return st.sampled_from(seen)
+        if fd.enum_type is not None:
+            return st.sampled_from([v.number for v in fd.enum_type.values])
         if fd.type == FieldDescriptor.TYPE_STRING:
-            return self.short_text
+            return st.sampled_from([*self.known, "x", ""])
+        if fd.type == FieldDescriptor.TYPE_BOOL:
+            return st.booleans()
+        if fd.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+            return st.sampled_from([0.0, 0.5, 1.0])
+        if fd.type == FieldDescriptor.TYPE_BYTES:
+            return st.binary(max_size=16)
         if fd.message_type is not None:
             return st.just(_message_class(fd.message_type)())
-        return st.just(_zero(fd))
+        return st.sampled_from([0, 1, 2, 10])
 
-    def _single(self, fd: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
-        kind = fd.type
-        if fd.message_type is not None:
-            return self.message(fd.message_type, depth + 1)
-        if kind == FieldDescriptor.TYPE_STRING:
+    def _hostile_scalar(self, fd: FieldDescriptor) -> st.SearchStrategy[Any]:
+        if fd.type == FieldDescriptor.TYPE_STRING:
             return self.text
-        if kind == FieldDescriptor.TYPE_BYTES:
+        if fd.type == FieldDescriptor.TYPE_BYTES:
             return _BYTES
-        if kind == FieldDescriptor.TYPE_BOOL:
+        if fd.type == FieldDescriptor.TYPE_BOOL:
             return st.booleans()
-        if kind == FieldDescriptor.TYPE_DOUBLE:
+        if fd.type == FieldDescriptor.TYPE_DOUBLE:
             return _floats(64)
-        if kind == FieldDescriptor.TYPE_FLOAT:
+        if fd.type == FieldDescriptor.TYPE_FLOAT:
             return _floats(32)
         if fd.enum_type is not None:
             declared = [v.number for v in fd.enum_type.values]
             return st.one_of(st.sampled_from(declared), st.integers(-(2**31), 2**31 - 1))
-        return _integers(kind)
+        return _integers(fd.type)
+
+
+def _fits(fd: FieldDescriptor, value: Any) -> bool:
+    """Whether a harvested value can be assigned to the field (same name, maybe another type)."""
+    if fd.type == FieldDescriptor.TYPE_STRING:
+        return isinstance(value, str)
+    if fd.type == FieldDescriptor.TYPE_BYTES:
+        return isinstance(value, bytes)
+    if fd.type == FieldDescriptor.TYPE_BOOL:
+        return isinstance(value, bool)
+    if fd.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+        return isinstance(value, float)
+    if fd.enum_type is not None:
+        return (
+            isinstance(value, int) and not isinstance(value, bool) and value in fd.enum_type.values_by_number
+        )
+    if fd.type in _INT_BOUNDS:
+        low, high = _INT_BOUNDS[fd.type]
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    return False
 
 
 def _zero(fd: FieldDescriptor) -> Any:
@@ -327,34 +457,47 @@ def _zero(fd: FieldDescriptor) -> Any:
     return 0
 
 
+def _assign(message: Message, name: str, value: Any) -> None:
+    fd = message.DESCRIPTOR.fields_by_name[name]
+    target = getattr(message, name)
+    if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+        value_is_message = fd.message_type.fields_by_name["value"].message_type is not None
+        for key, item in value.items():
+            if value_is_message:
+                target[key].CopyFrom(item)
+            else:
+                target[key] = item
+    elif fd.is_repeated:
+        if fd.message_type is not None:
+            for item in value:
+                target.add().CopyFrom(item)
+        else:
+            target.extend(value)
+    elif fd.message_type is not None:
+        target.CopyFrom(value)
+    else:
+        setattr(message, name, value)
+
+
 def _build(cls: type[Message], values: dict[str, Any]) -> Message:
     message = cls()
     for name, value in values.items():
-        fd = cls.DESCRIPTOR.fields_by_name[name]
-        target = getattr(message, name)
-        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
-            value_is_message = fd.message_type.fields_by_name["value"].message_type is not None
-            for key, item in value.items():
-                if value_is_message:
-                    target[key].CopyFrom(item)
-                else:
-                    target[key] = item
-        elif fd.is_repeated:
-            if fd.message_type is not None:
-                for item in value:
-                    target.add().CopyFrom(item)
-            else:
-                target.extend(value)
-        elif fd.message_type is not None:
-            target.CopyFrom(value)
-        else:
-            setattr(message, name, value)
+        _assign(message, name, value)
+    return message
+
+
+def _override(template: Message, values: dict[str, Any]) -> Message:
+    message = type(template)()
+    message.CopyFrom(template)
+    for name, value in values.items():
+        message.ClearField(name)
+        _assign(message, name, value)
     return message
 
 
 def _upload_streams(strategies: RequestStrategies) -> st.SearchStrategy[list[Message]]:
     """Garbage UploadBlob streams: random messages, plus sequences that break the header/chunk protocol."""
-    any_message = strategies.message(artifact_pb.UploadBlobRequest.DESCRIPTOR)
+    any_message = strategies.message(artifact_pb.UploadBlobRequest.DESCRIPTOR, 0, "mixed")
     digests = st.sampled_from([s for s in strategies.known if s.startswith("sha256:")] + ["", "sha256:x"])
     sizes = st.one_of(st.none(), st.sampled_from([0, 1, 5, -1, 2**63 - 1, 10 * MiB]))
 
@@ -387,10 +530,10 @@ def _requests_for(
 ) -> st.SearchStrategy[list[Message]]:
     """The request messages of one call: one for unary requests, a stream for client-streaming ones."""
     if not method.client_streaming:
-        return strategies.message(method.input_type).map(lambda m: [m])
+        return strategies.request(method.input_type).map(lambda m: [m])
     if method.input_type.full_name == artifact_pb.UploadBlobRequest.DESCRIPTOR.full_name:
         return _upload_streams(strategies)
-    return st.lists(strategies.message(method.input_type), max_size=5)
+    return st.lists(strategies.message(method.input_type, 0, "mixed"), max_size=5)
 
 
 # --- calling ---------------------------------------------------------------------------------------------
@@ -439,7 +582,7 @@ async def invoke(channel: grpc.aio.Channel, method: MethodDescriptor, requests: 
                 call = channel.unary_stream(path, _serialize, response_class.FromString)(
                     requests[0], timeout=CALL_DEADLINE
                 )
-            code, details, stalled = await _read_some(call, 3)
+            code, details, stalled = await _read_some(call, 2)
             return Outcome(code, details, time.monotonic() - started, stalled)
         if method.client_streaming:
             call = channel.stream_unary(path, _serialize, response_class.FromString)(
@@ -503,6 +646,7 @@ class Hostile:
     channel: grpc.aio.Channel
     registered: frozenset[str]
     strategies: RequestStrategies
+    refused_seeds: list[str]
     log_dir: Path
 
     def run(self, coroutine: Any) -> Any:
@@ -531,75 +675,326 @@ async def _registered_services(channel: grpc.aio.Channel) -> frozenset[str]:
     raise AssertionError("reflection returned nothing")
 
 
-async def _seed(channel: grpc.aio.Channel) -> list[str]:
-    """Creates one of everything; returns the names, ids, digests, tokens and etags it got back."""
-    artifacts = artifact_grpc.ArtifactServiceStub(channel)
-    registry = registry_grpc.ModelRegistryServiceStub(channel)
-    lifecycle = lifecycle_grpc.LifecycleServiceStub(channel)
-    access = access_grpc.AccessServiceStub(channel)
-    webhooks = webhook_grpc.WebhookServiceStub(channel)
-    content = b"hostile seed weights"
-    digest, _ = await publish(artifacts, {"model.bin": content})
-    model = await registry.CreateModel(
-        registry_pb.CreateModelRequest(
-            model_id="seed", model=model_pb2.Model(description="seeded", labels={"team": "red"})
+if TYPE_CHECKING:  # generic only in the stubs
+    _UnaryUnaryInterceptor = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+else:
+    _UnaryUnaryInterceptor = grpc.aio.UnaryUnaryClientInterceptor
+
+
+class _Recorder(_UnaryUnaryInterceptor):
+    """Records every successful unary call of a channel into a corpus."""
+
+    def __init__(self, corpus: Corpus) -> None:
+        self.corpus = corpus
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        call = await continuation(details, request)
+        self.corpus.add_exchange(request, await call)
+        return call
+
+
+@dataclass
+class Seeder:
+    """Valid calls of (nearly) every RPC against the dedicated server, recorded as the fuzzing corpus.
+
+    The seeded names never include the admin's own token or role binding: the fuzzer, an admin, would
+    otherwise revoke its own access and spend the rest of the run on UNAUTHENTICATED.
+    """
+
+    channel: grpc.aio.Channel
+    refused: list[str] = field(default_factory=list)
+
+    async def optional(self, call: Awaitable[T]) -> T | None:
+        """A call that only adds to the corpus: a refusal is noted (and reported), not fatal."""
+        try:
+            return await call
+        except grpc.aio.AioRpcError as err:
+            self.refused.append(f"{err.code().name}: {err.details()}")
+            return None
+
+    async def run(self) -> None:
+        """Creates one of everything, then exercises the read, update and delete RPCs on it."""
+        ch = self.channel
+        artifacts = artifact_grpc.ArtifactServiceStub(ch)
+        registry = registry_grpc.ModelRegistryServiceStub(ch)
+        lifecycle = lifecycle_grpc.LifecycleServiceStub(ch)
+        serving = lifecycle_grpc.ServingServiceStub(ch)
+        access = access_grpc.AccessServiceStub(ch)
+        webhooks = webhook_grpc.WebhookServiceStub(ch)
+        governance = governance_grpc.GovernanceServiceStub(ch)
+        opt = self.optional
+
+        package, _ = await publish(artifacts, {"model.bin": b"hostile seed weights"})
+        await opt(
+            artifacts.FindMissingBlobs(artifact_pb.FindMissingBlobsRequest(digests=[package, sha(b"-")]))
         )
-    )
-    versions = [
-        await registry.CreateModelVersion(
-            registry_pb.CreateModelVersionRequest(
-                parent=model.name,
-                model_version=model_pb2.ModelVersion(
-                    run_id=f"run-{n}", metrics={"auc": 0.5 + n / 10}, artifact_digest=digest if n == 1 else ""
+        await opt(artifacts.StatBlob(artifact_pb.StatBlobRequest(digest=package)))
+        await opt(
+            artifacts.GetBlobDownloadUrl(
+                artifact_pb.GetBlobDownloadUrlRequest(
+                    digest=package, expiry=duration_pb2.Duration(seconds=600)
+                )
+            )
+        )
+        session = await artifacts.StartUpload(artifact_pb.StartUploadRequest(digest=sha(b"pending"), size=7))
+        await opt(
+            artifacts.QueryUploadStatus(artifact_pb.QueryUploadStatusRequest(upload_id=session.upload_id))
+        )
+        doomed_upload = await artifacts.StartUpload(artifact_pb.StartUploadRequest())
+        await opt(artifacts.CancelUpload(artifact_pb.CancelUploadRequest(upload_id=doomed_upload.upload_id)))
+
+        model = await registry.CreateModel(
+            registry_pb.CreateModelRequest(
+                model_id="seed",
+                model=model_pb2.Model(description="seeded", labels={"team": "red"}, owner_team="ml"),
+            )
+        )
+        doomed = await registry.CreateModel(registry_pb.CreateModelRequest(model_id="doomed"))
+        await opt(registry.DeleteModel(registry_pb.DeleteModelRequest(name=doomed.name, etag=doomed.etag)))
+        await opt(registry.GetModel(registry_pb.GetModelRequest(name=model.name)))
+        await opt(
+            registry.ListModels(
+                registry_pb.ListModelsRequest(page_size=1, filter='labels.team = "red"', order_by="name desc")
+            )
+        )
+        await opt(
+            registry.UpdateModel(
+                registry_pb.UpdateModelRequest(
+                    model=model_pb2.Model(name=model.name, description="updated"),
+                    update_mask=field_mask_pb2.FieldMask(paths=["description"]),
+                )
+            )
+        )
+        versions = [
+            await registry.CreateModelVersion(
+                registry_pb.CreateModelVersionRequest(
+                    parent=model.name,
+                    model_version=model_pb2.ModelVersion(
+                        run_id=f"run-{n}",
+                        labels={"seeded": "yes"},
+                        metrics={"auc": 0.5 + n / 10},
+                        artifact_digest=package if n == 1 else "",
+                    ),
+                    request_id=f"seed-{n}",
+                )
+            )
+            for n in (1, 2, 3)
+        ]
+        v1, v2, v3 = (v.name for v in versions)
+        await opt(registry.GetModelVersion(registry_pb.GetModelVersionRequest(name=v1)))
+        await opt(
+            registry.ListModelVersions(
+                registry_pb.ListModelVersionsRequest(
+                    parent=model.name, page_size=1, filter="metrics.auc >= 0.5", order_by="version desc"
+                )
+            )
+        )
+        await opt(
+            registry.UpdateModelVersion(
+                registry_pb.UpdateModelVersionRequest(
+                    model_version=model_pb2.ModelVersion(name=v2, description="second"),
+                    update_mask=field_mask_pb2.FieldMask(paths=["description"]),
+                )
+            )
+        )
+
+        await opt(
+            lifecycle.TransitionModelVersionStage(
+                lifecycle_pb.TransitionModelVersionStageRequest(
+                    name=v1, stage=model_pb2.STAGE_STAGING, comment="qa"
+                )
+            )
+        )
+        await opt(lifecycle.ListStageTransitions(lifecycle_pb.ListStageTransitionsRequest(parent=model.name)))
+        champion, canary, temp = (f"{model.name}/aliases/{a}" for a in ("champion", "canary", "temp"))
+        await opt(
+            lifecycle.SetAlias(lifecycle_pb.SetAliasRequest(name=champion, model_version=v1, comment="c"))
+        )
+        await opt(
+            lifecycle.SetAlias(
+                lifecycle_pb.SetAliasRequest(name=champion, model_version=v2, expected_model_version=v1)
+            )
+        )
+        await opt(lifecycle.SetAlias(lifecycle_pb.SetAliasRequest(name=canary, model_version=v3)))
+        await opt(lifecycle.GetAlias(lifecycle_pb.GetAliasRequest(name=champion)))
+        await opt(lifecycle.ListAliases(lifecycle_pb.ListAliasesRequest(parent=model.name)))
+        await opt(
+            lifecycle.UpdateAliases(
+                lifecycle_pb.UpdateAliasesRequest(
+                    parent=model.name,
+                    changes=[
+                        lifecycle_pb.AliasChange(name=canary, model_version=v2, expected_model_version=v3)
+                    ],
+                    comment="batch",
+                )
+            )
+        )
+        await opt(
+            lifecycle.ListAliasHistory(lifecycle_pb.ListAliasHistoryRequest(name=champion, page_size=1))
+        )
+        await opt(lifecycle.RollbackAlias(lifecycle_pb.RollbackAliasRequest(name=champion, comment="back")))
+        await opt(lifecycle.SetAlias(lifecycle_pb.SetAliasRequest(name=temp, model_version=v1)))
+        await opt(
+            lifecycle.DeleteAlias(lifecycle_pb.DeleteAliasRequest(name=temp, expected_model_version=v1))
+        )
+        policy = f"{model.name}/trafficPolicy"
+        routes = [
+            lifecycle_pb.TrafficRoute(alias="champion", weight=90),
+            lifecycle_pb.TrafficRoute(model_version=v3, weight=10),
+        ]
+        await opt(
+            lifecycle.SetTrafficPolicy(
+                lifecycle_pb.SetTrafficPolicyRequest(
+                    traffic_policy=lifecycle_pb.TrafficPolicy(name=policy, routes=routes), comment="split"
+                )
+            )
+        )
+        await opt(lifecycle.GetTrafficPolicy(lifecycle_pb.GetTrafficPolicyRequest(name=policy)))
+        await opt(
+            registry.CompareModelVersions(
+                registry_pb.CompareModelVersionsRequest(names=[v1, v2, f"{model.name}@champion"])
+            )
+        )
+
+        now = timestamp_pb2.Timestamp()
+        now.GetCurrentTime()
+        await opt(serving.ResolveAlias(lifecycle_pb.ResolveAliasRequest(name=champion)))
+        await opt(serving.ResolveAlias(lifecycle_pb.ResolveAliasRequest(name=canary, as_of=now)))
+        await opt(
+            serving.BatchResolveAliases(lifecycle_pb.BatchResolveAliasesRequest(names=[champion, canary]))
+        )
+        await opt(
+            serving.ResolveRoute(lifecycle_pb.ResolveRouteRequest(model=model.name, routing_key="user-1"))
+        )
+
+        robot = await access.CreatePrincipal(
+            access_pb.CreatePrincipalRequest(
+                principal_id="robot", principal=access_pb.Principal(display_name="R")
+            )
+        )
+        await opt(access.GetPrincipal(access_pb.GetPrincipalRequest(name=robot.name)))
+        await opt(access.ListPrincipals(access_pb.ListPrincipalsRequest(page_size=1)))
+        await opt(
+            access.CreateToken(
+                access_pb.CreateTokenRequest(parent=robot.name, token=access_pb.Token(description="ci"))
+            )
+        )
+        await opt(access.ListTokens(access_pb.ListTokensRequest(parent=robot.name)))
+        doomed_token = await access.CreateToken(access_pb.CreateTokenRequest(parent=robot.name))
+        await opt(access.RevokeToken(access_pb.RevokeTokenRequest(name=doomed_token.token.name)))
+        binding = access_pb.RoleBinding(principal=robot.name, role=access_pb.ROLE_VIEWER, scope=model.name)
+        await opt(access.CreateRoleBinding(access_pb.CreateRoleBindingRequest(role_binding=binding)))
+        await opt(access.ListRoleBindings(access_pb.ListRoleBindingsRequest(principal=robot.name)))
+        doomed_binding = await access.CreateRoleBinding(
+            access_pb.CreateRoleBindingRequest(
+                role_binding=access_pb.RoleBinding(principal=robot.name, role=access_pb.ROLE_LEAD)
+            )
+        )
+        await opt(access.DeleteRoleBinding(access_pb.DeleteRoleBindingRequest(name=doomed_binding.name)))
+        await opt(
+            access.TestPermissions(
+                access_pb.TestPermissionsRequest(
+                    resource=model.name, permissions=["modelreg.registry.read", "modelreg.models.update"]
+                )
+            )
+        )
+        await opt(
+            access.ListAuditEvents(
+                access_pb.ListAuditEventsRequest(filter='outcome = "ALLOWED"', page_size=1)
+            )
+        )
+        await opt(access.VerifyAuditChain(access_pb.VerifyAuditChainRequest()))
+
+        hook = await webhooks.CreateWebhook(
+            webhook_pb.CreateWebhookRequest(
+                webhook_id="hook",
+                webhook=webhook_pb.Webhook(
+                    url="http://127.0.0.1:9/hook",
+                    event_types=[lifecycle_pb.CHANGE_TYPE_ALIAS_SET],
+                    models=[model.name],
                 ),
-                request_id=f"seed-{n}",
             )
         )
-        for n in (1, 2)
-    ]
-    await lifecycle.TransitionModelVersionStage(
-        lifecycle_pb.TransitionModelVersionStageRequest(name=versions[0].name, stage=model_pb2.STAGE_STAGING)
-    )
-    alias = await lifecycle.SetAlias(
-        lifecycle_pb.SetAliasRequest(name=f"{model.name}/aliases/champion", model_version=versions[0].name)
-    )
-    policy = await lifecycle.SetTrafficPolicy(
-        lifecycle_pb.SetTrafficPolicyRequest(
-            traffic_policy=lifecycle_pb.TrafficPolicy(
-                name=f"{model.name}/trafficPolicy",
-                routes=[lifecycle_pb.TrafficRoute(alias="champion", weight=100)],
+        await opt(webhooks.GetWebhook(webhook_pb.GetWebhookRequest(name=hook.name)))
+        await opt(webhooks.ListWebhooks(webhook_pb.ListWebhooksRequest(page_size=1)))
+        await opt(
+            webhooks.UpdateWebhook(
+                webhook_pb.UpdateWebhookRequest(
+                    webhook=webhook_pb.Webhook(name=hook.name, active=True, etag=hook.etag),
+                    update_mask=field_mask_pb2.FieldMask(paths=["active"]),
+                )
             )
         )
-    )
-    page = await registry.ListModelVersions(
-        registry_pb.ListModelVersionsRequest(parent=model.name, page_size=1)
-    )
-    principal = await access.CreatePrincipal(
-        access_pb.CreatePrincipalRequest(
-            principal_id="robot", principal=access_pb.Principal(display_name="R")
-        )
-    )
-    token = await access.CreateToken(access_pb.CreateTokenRequest(parent=principal.name))
-    binding = await access.CreateRoleBinding(
-        access_pb.CreateRoleBindingRequest(
-            role_binding=access_pb.RoleBinding(
-                principal=principal.name, role=access_pb.ROLE_VIEWER, scope=model.name
+        await opt(webhooks.ReplayWebhook(webhook_pb.ReplayWebhookRequest(name=hook.name, from_revision=0)))
+        deliveries = await opt(
+            webhooks.ListWebhookDeliveries(
+                webhook_pb.ListWebhookDeliveriesRequest(parent=hook.name, page_size=1)
             )
         )
-    )
-    session = await artifacts.StartUpload(artifact_pb.StartUploadRequest(digest=sha(b"pending"), size=7))
-    hook = await webhooks.CreateWebhook(
-        webhook_pb.CreateWebhookRequest(
-            webhook_id="hook", webhook=webhook_pb.Webhook(url="http://127.0.0.1:9/hook")
+        if deliveries is not None and deliveries.deliveries:
+            name = deliveries.deliveries[0].name
+            await opt(webhooks.RedeliverWebhook(webhook_pb.RedeliverWebhookRequest(name=name)))
+        doomed_hook = await webhooks.CreateWebhook(
+            webhook_pb.CreateWebhookRequest(
+                webhook_id="doomed", webhook=webhook_pb.Webhook(url="http://127.0.0.1:9/")
+            )
         )
+        await opt(webhooks.DeleteWebhook(webhook_pb.DeleteWebhookRequest(name=doomed_hook.name)))
+
+        gates = f"{model.name}/promotionGates"
+        await opt(governance.GetPromotionGates(governance_pb.GetPromotionGatesRequest(name=gates)))
+        rule = governance_pb.PromotionRule(
+            metric_threshold=governance_pb.MetricThresholdRule(
+                metric="auc", operator=governance_pb.THRESHOLD_OPERATOR_GREATER_OR_EQUAL, value=0.5
+            )
+        )
+        await opt(
+            governance.UpdatePromotionGates(
+                governance_pb.UpdatePromotionGatesRequest(
+                    promotion_gates=governance_pb.PromotionGates(
+                        name=gates, rules=[rule], required_approvals=1
+                    ),
+                    update_mask=field_mask_pb2.FieldMask(paths=["rules", "required_approvals"]),
+                )
+            )
+        )
+        production = governance_pb.PromotionTarget(stage=model_pb2.STAGE_PRODUCTION)
+        await opt(
+            governance.DryRunPromotion(governance_pb.DryRunPromotionRequest(name=v1, target=production))
+        )
+        for version in (v1, v2):
+            request = await opt(
+                governance.RequestPromotion(
+                    governance_pb.RequestPromotionRequest(name=version, target=production, comment="ship it")
+                )
+            )
+            if request is None:
+                continue
+            await opt(
+                governance.GetPromotionRequest(governance_pb.GetPromotionRequestRequest(name=request.name))
+            )
+            if version == v2:
+                await opt(
+                    governance.CancelPromotionRequest(
+                        governance_pb.CancelPromotionRequestRequest(name=request.name, comment="no")
+                    )
+                )
+        await opt(
+            governance.ListPromotionRequests(
+                governance_pb.ListPromotionRequestsRequest(parent=model.name, page_size=1)
+            )
+        )
+
+
+async def _seed(address: str, token: str) -> tuple[Corpus, list[str]]:
+    corpus = Corpus()
+    channel = grpc.aio.insecure_channel(
+        address, interceptors=[*bearer_interceptors(token), cast(Any, _Recorder(corpus))]
     )
-    return [
-        digest, sha(content), sha(b"pending"), model.name, "seed", model.etag, page.next_page_token,
-        *(v.name for v in versions), *(v.etag for v in versions), f"{model.name}@champion", "champion",
-        alias.name, str(alias.revision), policy.name, principal.name, "robot",
-        token.token.name, binding.name, session.upload_id, hook.name, hook.etag, "principals/admin", "admin",
-        f"{model.name}/versions/-", f"{model.name}/aliases/-", "models/-/versions/1",
-    ]  # fmt: skip
+    async with channel:
+        seeder = Seeder(channel)
+        await seeder.run()
+    return corpus, seeder.refused
 
 
 @pytest.fixture(scope="module")
@@ -627,16 +1022,9 @@ def hostile(s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         server = ServerProcess(env, log_dir / "server.log")
         channel: grpc.aio.Channel = runner.run(_open(server.address, token))
         registered: frozenset[str] = runner.run(_registered_services(channel))
-        known: list[str] = runner.run(_seed(channel))
+        corpus, refused = runner.run(_seed(server.address, token))
         yield Hostile(
-            env,
-            server,
-            token,
-            runner,
-            channel,
-            registered,
-            RequestStrategies([k for k in known if k]),
-            log_dir,
+            env, server, token, runner, channel, registered, RequestStrategies(corpus), refused, log_dir
         )
         runner.run(channel.close(None))
     finally:
@@ -656,7 +1044,14 @@ def test_every_registered_service_is_generated(hostile: Hostile) -> None:
     assert ours <= generated, f"registered but without generated stubs: {sorted(ours - generated)}"
 
 
-@pytest.mark.parametrize("method", METHODS, ids=_method_id)
+def test_seeding_covers_every_registered_service(hostile: Hostile) -> None:
+    templated = set(hostile.strategies.corpus.templates)
+    services = {m.containing_service for m in METHODS if m.containing_service.full_name in hostile.registered}
+    without = [s.full_name for s in services if not {m.input_type.full_name for m in s.methods} & templated]
+    assert without == [], f"no seeded request for {without}; refused seeds: {hostile.refused_seeds}"
+
+
+@pytest.mark.parametrize("method", FUZZ_ORDER, ids=_method_id)
 def test_hostile_requests_get_a_deliberate_status(hostile: Hostile, method: MethodDescriptor) -> None:
     if method.containing_service.full_name not in hostile.registered:
         pytest.skip(f"{method.containing_service.full_name} is not registered by the server")
@@ -719,7 +1114,10 @@ async def _send_oversize(channel: grpc.aio.Channel, method: MethodDescriptor) ->
 
 
 def test_oversize_requests_are_refused_by_size(hostile: Hostile) -> None:
-    targets = [m for m in METHODS if m.containing_service.full_name in hostile.registered]
+    # The limit is the transport's, before any handler: one method per service and every streaming one.
+    registered = [m for m in METHODS if m.containing_service.full_name in hostile.registered]
+    firsts = {m.containing_service.full_name: m for m in reversed(registered)}
+    targets = [*firsts.values(), *(m for m in registered if m.client_streaming or m.server_streaming)]
     codes = {_method_id(m): hostile.run(_send_oversize(hostile.channel, m)) for m in targets}
     assert {name: code for name, code in codes.items() if code != Code.RESOURCE_EXHAUSTED} == {}
     assert hostile.server.proc.poll() is None

@@ -25,7 +25,7 @@ from modelreg._core import (
     TrafficRoutes,
     VersionLike,
 )
-from modelreg.errors import Cancelled, DataLoss, ModelregError, from_rpc_error
+from modelreg.errors import Cancelled, DataLoss, from_rpc_error
 from modelreg.packages import BlobCache, BlobFetch, BlobUpload, Manifest, ProgressCallback
 from modelreg.v1 import artifact_service_pb2 as artifact_pb2
 from modelreg.v1 import artifact_service_pb2_grpc as artifact_pb2_grpc
@@ -718,7 +718,7 @@ class AsyncRegistry:
                     )
                 else:
                     await self._download_into(writer, on_progress)
-            except (ModelregError, OSError) as exc:
+            except Exception as exc:  # transfer_retry_delay tells the transient ones apart
                 delay = packages.transfer_retry_delay(exc, attempt)
                 if delay is None:
                     raise

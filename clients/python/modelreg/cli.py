@@ -52,7 +52,7 @@ from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from modelreg import _core
+from modelreg import _core, mlflow_import
 from modelreg.client import Registry
 from modelreg.errors import ModelregError, ResourceExhausted, Unavailable
 from modelreg.packages import Manifest
@@ -271,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_lifecycle_commands(resources, common)
     _add_package_commands(resources, common)
+
+    cmd = resources.add_parser(
+        "import-mlflow", parents=[common], help="import models, versions, stages and aliases from MLflow"
+    )
+    mlflow_import.add_arguments(cmd)
+    cmd.set_defaults(handler=mlflow_import.run_command)
     return parser
 
 

@@ -18,7 +18,9 @@ throughput within run-to-run noise (S3 bounds it at 20-30 MiB/s), and 1 MiB need
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import io
 import json
 import logging
@@ -28,6 +30,7 @@ import shutil
 import stat
 import threading
 import unicodedata
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -61,9 +64,11 @@ __all__ = [
     "Progress",
     "ProgressCallback",
     "UploadStream",
+    "append_manifest_chunk",
     "blob_digest",
     "build_manifest",
     "check_format",
+    "check_parallelism",
     "default_cache_dir",
     "encode_manifest",
     "fetch_url",
@@ -71,6 +76,7 @@ __all__ = [
     "hash_file",
     "install",
     "manifest_problems",
+    "open_cache",
     "parse_manifest",
     "parse_package_ref",
     "path_problem",
@@ -78,7 +84,9 @@ __all__ = [
     "plan_uploads",
     "retry_delay",
     "scan_package",
+    "size_mismatch",
     "transfer_retry_delay",
+    "version_digest",
 ]
 
 log = logging.getLogger(__name__)
@@ -589,7 +597,9 @@ class UploadStream:
                 self._reader.seek(self.position)
             data = self._reader.read(min(self._chunk_size, remaining))
             if not data:
-                self.error = ValueError(f"{self.blob.source!s:.200} shrank while it was being uploaded")
+                self.error = _integrity_error(
+                    "SIZE_MISMATCH", f"{self.blob.source!s:.200} shrank while it was being uploaded"
+                )
                 self._finish()
                 return None
             self.position += len(data)
@@ -639,11 +649,16 @@ def retry_delay(error: ModelregError, attempt: int) -> float | None:
     return float(min(_BACKOFF_MAX, _BACKOFF_INITIAL * 2**attempt))
 
 
+# Failures of an HTTP fetch from a presigned URL that a new attempt (with a fresh URL) may overcome. Local
+# file errors (a full disk) are plain OSErrors and not among them.
+_HTTP_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
+
+
 def transfer_retry_delay(error: BaseException, attempt: int) -> float | None:
-    """:func:`retry_delay` for registry errors; HTTP failures of presigned URLs (OSError) are retried too."""
+    """:func:`retry_delay` for registry errors; network failures of presigned-URL fetches are retried too."""
     if isinstance(error, ModelregError):
         return retry_delay(error, attempt)
-    if isinstance(error, OSError) and attempt + 1 < TRANSFER_ATTEMPTS:
+    if isinstance(error, _HTTP_ERRORS) and attempt + 1 < TRANSFER_ATTEMPTS:
         return float(min(_BACKOFF_MAX, _BACKOFF_INITIAL * 2**attempt))
     return None
 
@@ -806,7 +821,8 @@ class BlobCache:
             os.replace(temporary, target)
         except OSError as exc:
             log.warning("cannot add %s to the blob cache %s: %s", digest, self.root, exc)
-            temporary.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
 
     def evict(self, digest: str) -> None:
         """Remove the entry of `digest`, if any."""
@@ -970,6 +986,7 @@ def install(root: Path, fetch: BlobFetch, source: Path, *, move: bool) -> None:
     for target, mode in targets:
         _inside(root, target)
         partial = target.with_name(target.name + PARTIAL_SUFFIX)
+        partial.unlink(missing_ok=True)  # may be left read-only by an interrupted install
         shutil.copyfile(source, partial)
         os.chmod(partial, mode)
         os.replace(partial, target)
@@ -990,7 +1007,8 @@ def fetch_url(
     """Append the rest of a blob from a presigned HTTP(S) URL (a Range request when resuming). Blocking.
 
     Raises:
-        OSError: The request failed (worth retrying with a fresh URL).
+        urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError: The request failed
+            (worth retrying with a fresh URL).
         ValueError: The URL is not http(s).
     """
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):

@@ -144,6 +144,8 @@ class AccessServicer(pb_grpc.AccessServiceServicer):
         v = val.Violations()
         val.check_strings(request, v)
         val.check_length("token.description", request.token.description, 1024, v)
+        if request.token.HasField("expire_time"):
+            val.check_timestamp("token.expire_time", request.token.expire_time, v)
         v.check()
         # ToDatetime() without tzinfo is naive UTC; astimezone() would read it as the server's local time.
         expire = (

@@ -199,6 +199,10 @@ class ArtifactServicer(pb_grpc.ArtifactServiceServicer):
     ) -> pb.GetBlobDownloadUrlResponse:
         digest = _digest("digest", request.digest, required=True)
         await self._read(context, f"blobs/{digest}")
+        v = val.Violations()
+        if request.HasField("expiry"):
+            val.check_duration("expiry", request.expiry, v)
+        v.check()
         expiry = request.expiry.ToTimedelta() if request.HasField("expiry") else timedelta(0)
         url, valid_for = await self._store.download_url(digest, expiry)
         expire = timestamp_pb2.Timestamp()

@@ -134,6 +134,8 @@ def required_approvals_from_proto(value: int, v: val.Violations) -> int:
 
 def ttl_from_proto(value: duration_pb2.Duration, v: val.Violations) -> timedelta:
     """A request TTL: 0 means the default; else 1 second to 30 days."""
+    if not val.check_duration("promotion_gates.request_ttl", value, v):
+        return DEFAULT_REQUEST_TTL
     ttl = value.ToTimedelta()
     if ttl == timedelta(0):
         return DEFAULT_REQUEST_TTL

@@ -12,6 +12,7 @@ import grpc
 
 from modelreg.v1 import lifecycle_service_pb2 as pb
 from modelreg.v1 import lifecycle_service_pb2_grpc as pb_grpc
+from modelreg_server.api import validation as val
 from modelreg_server.api.identity import caller
 from modelreg_server.api.lifecycle_convert import change_to_proto, resolution_to_proto, route_to_proto
 from modelreg_server.api.status import streaming, unary
@@ -46,6 +47,9 @@ class ServingServicer(pb_grpc.ServingServiceServicer):
         model_id, alias = parse_alias_name(request.name)
         await self._read(context, request.name, model_id)
         if request.HasField("as_of"):
+            v = val.Violations()
+            val.check_timestamp("as_of", request.as_of, v)
+            v.check()
             at = request.as_of.ToDatetime(tzinfo=UTC)
             return resolution_to_proto(await self._serving.resolve_as_of(model_id, alias, at))
         return resolution_to_proto(await self._serving.resolve(model_id, alias))

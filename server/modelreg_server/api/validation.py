@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
@@ -24,6 +25,12 @@ MAX_LABELS = 64
 MAX_LABEL_VALUE = 256
 MAX_METRICS = 512
 MAX_REQUEST_ID = 128
+# The ranges google.protobuf.Timestamp and Duration define; outside them the conversions to datetime and
+# timedelta raise (ValueError, OverflowError).
+MIN_TIMESTAMP_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z
+MAX_TIMESTAMP_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
+MAX_DURATION_SECONDS = 315_576_000_000  # 10,000 years
+MAX_NANOS = 999_999_999
 
 
 class Violations:
@@ -126,3 +133,24 @@ def require(field: str, value: Any, v: Violations) -> None:
     """Records a violation when a required field is empty."""
     if not value:
         v.add(field, "required")
+
+
+def check_timestamp(field: str, value: timestamp_pb2.Timestamp, v: Violations) -> bool:
+    """Rejects timestamps outside 0001-01-01..9999-12-31 or with nanos outside 0..999,999,999."""
+    valid = MIN_TIMESTAMP_SECONDS <= value.seconds <= MAX_TIMESTAMP_SECONDS and 0 <= value.nanos <= MAX_NANOS
+    if not valid:
+        v.add(field, "must be a timestamp between 0001-01-01 and 9999-12-31 (nanos 0 to 999,999,999)")
+    return valid
+
+
+def check_duration(field: str, value: duration_pb2.Duration, v: Violations) -> bool:
+    """Rejects durations beyond ±10,000 years or whose nanos are out of range or of the other sign."""
+    seconds, nanos = value.seconds, value.nanos
+    valid = (
+        abs(seconds) <= MAX_DURATION_SECONDS
+        and abs(nanos) <= MAX_NANOS
+        and not (seconds > 0 > nanos or seconds < 0 < nanos)
+    )
+    if not valid:
+        v.add(field, "must be a duration of at most 10,000 years (nanos with the sign of seconds)")
+    return valid

@@ -173,24 +173,31 @@ class Approvals:
                 return (_Next.RETURN if reviewed else _Next.CLOSED), request
             if not reviewed:
                 await repo.add_review(conn, request_id, caller.principal, True, comment)
+            state = request.state
+            if state == RequestState.PENDING:
+                required = max(1, (await repo.get_gates(conn, model_id)).required_approvals)
+                if required != request.required_approvals:
+                    await repo.set_required_approvals(conn, request_id, required)
+                if await repo.count_approvals(conn, request_id) >= required:
+                    await repo.set_state(
+                        conn, request_id, RequestState.APPROVED, expected=RequestState.PENDING
+                    )
+                    state = RequestState.APPROVED
+            if not reviewed or state != request.state:
                 await audit.record(
-                    conn, caller, request.name, after={"approved_by": caller.principal}, comment=comment
+                    conn,
+                    caller,
+                    request.name,
+                    before={"state": request.state.name},
+                    after={"state": state.name},
+                    approved_by=caller.principal,
+                    comment=comment,
                 )
-            if request.state == RequestState.APPROVED:
-                return _Next.EXECUTE, request  # resume an execution that did not finish
-            required = max(1, (await repo.get_gates(conn, model_id)).required_approvals)
-            if required != request.required_approvals:
-                await repo.set_required_approvals(conn, request_id, required)
-            if await repo.count_approvals(conn, request_id) < required:
-                return _Next.RETURN, request
-            await repo.set_state(conn, request_id, RequestState.APPROVED, expected=RequestState.PENDING)
-            await audit.record(
-                conn, caller, request.name, before={"state": "PENDING"}, after={"state": "APPROVED"}
-            )
-            return _Next.EXECUTE, request
+            # Execute when approved just now, or when found APPROVED (an execution cut short: resume it).
+            return (_Next.EXECUTE if state == RequestState.APPROVED else _Next.RETURN), request
 
         step, request = await self._db.transact(work)
-        await self._after_review(step, request, caller, "approve")
+        await self._raise_outcome(step, request, caller, "approve")
         if step is _Next.EXECUTE:
             await self._execute(request, caller)
         return await self.get(model_id, request_id)
@@ -228,7 +235,7 @@ class Approvals:
             return _Next.RETURN, request
 
         step, request = await self._db.transact(work)
-        await self._after_review(step, request, caller, "reject")
+        await self._raise_outcome(step, request, caller, "reject")
         return await self.get(model_id, request_id)
 
     async def cancel(
@@ -260,10 +267,10 @@ class Approvals:
 
         step = await self._db.transact(work)
         current = await self.get(model_id, request_id)
-        await self._after_review(step, current, caller, "cancel")
+        await self._raise_outcome(step, current, caller, "cancel")
         return current
 
-    async def _after_review(
+    async def _raise_outcome(
         self, step: _Next, request: PromotionRequestRecord, caller: Caller, verb: str
     ) -> None:
         """Raises what the transaction decided once its changes (an expiry) are committed."""

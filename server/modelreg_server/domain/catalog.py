@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from modelreg_server.domain import audit, errors
+from modelreg_server.domain import audit, errors, retention
 from modelreg_server.domain.artifacts import Artifacts, lock_package
 from modelreg_server.domain.filtering import FilterError, Node, parse_filter
 from modelreg_server.domain.lifecycle import CommitHook, resolve_ref
@@ -171,6 +171,7 @@ class Catalog:
                     {"model": name},
                     [errors.PreconditionViolation("MODEL_HAS_VERSIONS", name, "the model has versions")],
                 )
+            await retention.check_deletable(conn, model_id)
             await model_repo.delete(conn, model_id)
             await audit.record(
                 conn, caller, model_name(model_id), before=_model_summary(current), force=force
