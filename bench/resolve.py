@@ -152,7 +152,9 @@ async def prepare(address: str, meta: Metadata) -> tuple[dict[str, Any], bytes]:
             await _create_versions(registry, model, 2, meta)
         for model, alias in ((RESOLVE_MODEL, RESOLVE_ALIAS), (WATCH_MODEL, WATCH_ALIAS)):
             await lifecycle.SetAlias(
-                lpb.SetAliasRequest(name=alias_name(model, alias), model_version=f"models/{model}/versions/1"),
+                lpb.SetAliasRequest(
+                    name=alias_name(model, alias), model_version=f"models/{model}/versions/1"
+                ),
                 metadata=meta,
             )
         request = lpb.ResolveAliasRequest(name=alias_name(RESOLVE_MODEL, RESOLVE_ALIAS))
@@ -179,16 +181,16 @@ def measure_resolve(
     measured: dict[bool, LoadResult] = {}
     for reference in (True, False):
         log(f"resolve x{concurrency} -> {'empty handler' if reference else 'registry'} ...")
-        measured[reference] = runner.run(ResolveWorkload(reference, 1, meta), addresses[reference], concurrency)
+        measured[reference] = runner.run(
+            ResolveWorkload(reference, 1, meta), addresses[reference], concurrency
+        )
     real, empty = measured[False].summary(), _reference_summary(measured[True])
     log(
         f"resolve x{concurrency}: {real['throughput_per_s']}/s p50 {real['p50_ms']} ms p99 {real['p99_ms']} ms"
         f" errors {real['errors']} | empty handler {empty['throughput_per_s']}/s p99 {empty['p99_ms']} ms"
     )
     server_cpu_ms = ratio(real["cpu"].get("server_cpu_pct", 0.0) * 10.0, real["throughput_per_s"], 3)
-    empty_cpu_ms = ratio(
-        empty["cpu"].get("empty_server_cpu_pct", 0.0) * 10.0, empty["throughput_per_s"], 3
-    )
+    empty_cpu_ms = ratio(empty["cpu"].get("empty_server_cpu_pct", 0.0) * 10.0, empty["throughput_per_s"], 3)
     return {
         "rpc": "ResolveAlias",
         "concurrency": concurrency,
@@ -395,6 +397,10 @@ def measure_watch(address: str, server_pid: int, meta: Metadata, args: argparse.
                 raise RuntimeError("watchers did not finish their snapshots within 300 s")
         log(f"{args.watchers} watchers connected and past their snapshot in {time.monotonic() - began:.1f} s")
         time.sleep(1.0)  # let the connection burst settle
+        # The server's CPU with every watcher connected and nothing changing (heartbeats), to subtract.
+        idle_cpu = process_cpu_seconds(server_pid) or 0.0
+        time.sleep(args.idle_window)
+        idle_cpu = (process_cpu_seconds(server_pid) or 0.0) - idle_cpu
         pids = [p.pid for p in processes if p.pid is not None]
         cpu_before = {pid: process_cpu_seconds(pid) or 0.0 for pid in [server_pid, *pids]}
         load_before = os.getloadavg()[0]
@@ -418,6 +424,9 @@ def measure_watch(address: str, server_pid: int, meta: Metadata, args: argparse.
     ordered = sorted(latencies)
     server_cpu = cpu_after[server_pid] - cpu_before[server_pid]
     client_cpu = sum(cpu_after[pid] - cpu_before[pid] for pid in cpu_after if pid != server_pid)
+    idle_rate = idle_cpu / args.idle_window
+    # What each change cost the server: its CPU beyond the idle rate, per change and per delivery.
+    change_cpu = max(0.0, server_cpu - idle_rate * wall) / max(1, len(sent))
     summary = {
         "watchers": args.watchers,
         "watch_procs": args.watch_procs,
@@ -440,6 +449,9 @@ def measure_watch(address: str, server_pid: int, meta: Metadata, args: argparse.
             "server": round(100.0 * server_cpu / wall, 1),
             "watcher_procs_total": round(100.0 * client_cpu / wall, 1),
         },
+        "server_cpu_pct_idle_watchers": round(100.0 * idle_rate, 1),
+        "server_cpu_ms_per_change": round(change_cpu * 1000.0, 2),
+        "server_cpu_us_per_delivery": round(change_cpu * 1e6 / max(1, args.watchers), 1),
         "loadavg_1m_before": round(load_before, 2),
         **verdict,
     }
@@ -513,6 +525,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--changes", type=int, default=50, help="SetAlias calls (default 50)")
     parser.add_argument("--change-interval", type=float, default=0.2, help="seconds between SetAlias calls")
     parser.add_argument("--watch-grace", type=float, default=10.0, help="seconds stragglers may take")
+    parser.add_argument(
+        "--idle-window", type=float, default=5.0, help="seconds of server CPU measured with idle watchers"
+    )
     parser.add_argument("--skip-resolve", action="store_true", help="only the watch part")
     parser.add_argument("--skip-watch", action="store_true", help="only the resolve part")
     parser.add_argument("--out", type=Path, help="also write the JSON result here")

@@ -22,20 +22,24 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import grpc
 import pytest
-from google.protobuf import descriptor_pool, field_mask_pb2, json_format, timestamp_pb2
+from google.protobuf import descriptor_pool, duration_pb2, field_mask_pb2, json_format, timestamp_pb2
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from modelreg.v1 import access_service_pb2 as ac
 from modelreg.v1 import artifact_service_pb2 as ar
+from modelreg.v1 import governance_service_pb2 as gv
 from modelreg.v1 import lifecycle_service_pb2 as lc
 from modelreg.v1 import model_pb2
 from modelreg.v1 import model_registry_service_pb2 as rg
+from modelreg.v1 import webhook_service_pb2 as wh
 from modelreg.v1.access_service_pb2_grpc import AccessServiceStub
 from modelreg.v1.artifact_service_pb2_grpc import ArtifactServiceStub
+from modelreg.v1.governance_service_pb2_grpc import GovernanceServiceStub
 from modelreg.v1.lifecycle_service_pb2_grpc import LifecycleServiceStub, ServingServiceStub
 from modelreg.v1.model_registry_service_pb2_grpc import ModelRegistryServiceStub
+from modelreg.v1.webhook_service_pb2_grpc import WebhookServiceStub
 from modelreg_server.app import SERVICE_NAMES
 from modelreg_server.domain.permissions import ROLE_PERMISSIONS, Permission, Role
 from modelreg_server.storage import audit_repo
@@ -48,14 +52,19 @@ from tests.support.services import with_database
 if TYPE_CHECKING:
     from modelreg.v1.access_service_pb2_grpc import AccessServiceAsyncStub
     from modelreg.v1.artifact_service_pb2_grpc import ArtifactServiceAsyncStub
+    from modelreg.v1.governance_service_pb2_grpc import GovernanceServiceAsyncStub
     from modelreg.v1.lifecycle_service_pb2_grpc import LifecycleServiceAsyncStub, ServingServiceAsyncStub
     from modelreg.v1.model_registry_service_pb2_grpc import ModelRegistryServiceAsyncStub
+    from modelreg.v1.webhook_service_pb2_grpc import WebhookServiceAsyncStub
 
 Code = grpc.StatusCode
 STAGING, PRODUCTION = model_pb2.STAGE_STAGING, model_pb2.STAGE_PRODUCTION
+TO_PRODUCTION = gv.PromotionTarget(stage=PRODUCTION)
+TO_CHAMPION = gv.PromotionTarget(alias="champion")
 ROLE_NUMBERS = {name: ac.Role.Value(f"ROLE_{name.upper()}") for name in ROLES}
-# RPCs that change state: each successful call leaves exactly one OK audit event. Upload sessions
-# (StartUpload, CancelUpload) are not audited; the blob is, once UploadBlob completes it.
+# RPCs that change state: each successful call leaves one OK audit event (EVENTS_PER_CALL lists the
+# exceptions). Upload sessions (StartUpload, CancelUpload) are not audited; the blob is, once UploadBlob
+# completes it.
 AUDITED = {
     "CreateModel",
     "UpdateModel",
@@ -74,7 +83,22 @@ AUDITED = {
     "RevokeToken",
     "CreateRoleBinding",
     "DeleteRoleBinding",
+    "UpdatePromotionGates",
+    "RequestPromotion",
+    "ApprovePromotion",
+    "RejectPromotion",
+    "CancelPromotionRequest",
+    "CreateWebhook",
+    "UpdateWebhook",
+    "DeleteWebhook",
+    "RedeliverWebhook",
+    "ReplayWebhook",
 }
+# The approval matrix calls execute the move (the model needs one): the approval, the request marked
+# EXECUTED and the stage move, all three as ApprovePromotion.
+EVENTS_PER_CALL = {"ApprovePromotion": 3}
+# Public, so the SSRF guard lets it through, and literal, so no DNS; deliveries to it just fail and retry.
+HOOK_URL = "http://93.184.215.14/hook"
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
@@ -87,6 +111,8 @@ class Client:
         self.serving: ServingServiceAsyncStub = ServingServiceStub(channel)
         self.artifacts: ArtifactServiceAsyncStub = ArtifactServiceStub(channel)
         self.access: AccessServiceAsyncStub = AccessServiceStub(channel)
+        self.governance: GovernanceServiceAsyncStub = GovernanceServiceStub(channel)
+        self.webhooks: WebhookServiceAsyncStub = WebhookServiceStub(channel)
 
 
 @contextlib.asynccontextmanager
@@ -184,6 +210,23 @@ async def upload_blob(client: Client, data: bytes) -> str:
     return digest
 
 
+async def request_promotion(client: Client, version: str, target: gv.PromotionTarget) -> str:
+    """Asks for a promotion and returns the request's name."""
+    request = gv.RequestPromotionRequest(name=version, target=target)
+    return (await client.governance.RequestPromotion(request)).name
+
+
+async def first_delivery(client: Client, webhook: str, within: float = 30.0) -> wh.WebhookDelivery:
+    """A delivery of `webhook`, once the worker has enqueued one (it does so asynchronously)."""
+    deadline = time.monotonic() + within
+    while True:
+        page = await client.webhooks.ListWebhookDeliveries(wh.ListWebhookDeliveriesRequest(parent=webhook))
+        if page.deliveries:
+            return page.deliveries[0]
+        assert time.monotonic() < deadline, f"{webhook} has no delivery after {within} s"
+        await asyncio.sleep(0.2)
+
+
 async def audit_events(client: Client, filter_text: str) -> list[ac.AuditEvent]:
     """Matching events, oldest first."""
     events: list[ac.AuditEvent] = []
@@ -215,13 +258,35 @@ class Setup:
     scratch: str  # a principal to administer
     scratch_token: str  # a token of it, to revoke
     scratch_binding: str  # a role binding of it, to delete
+    gated: str  # three versions, 1 in STAGING; moves into PRODUCTION or onto champion need one approval
+    to_approve: str  # the admin's promotion request of gated v1 into PRODUCTION
+    to_reject: str  # the admin's promotion request of gated v2 onto champion
+    others_request: str  # the admin's promotion request of gated v2 into PRODUCTION, to cancel
+    own_request: str  # the principal's own promotion request of gated v3 into PRODUCTION, to cancel
+    webhook: str  # traffic changes of `model`, with a delivery
+    delivery: str  # a delivery of `webhook`, to redeliver
+    enqueued_revision: int  # of `webhook` once `delivery` existed, to replay from
+    doomed_webhook: str  # a paused webhook, to delete
 
 
-async def prepare(admin: Client, role: str, run: str, blob: str) -> Setup:
+async def prepare(admin: Client, address: str, role: str, run: str, blob: str) -> Setup:
     principal = f"acl-{run}-{role.replace('_', '-')}"
     token = await create_principal(admin, principal, role)
     model = await create_model(admin, principal)
     doomed = await create_model(admin, f"{principal}-doomed", versions=0)
+    # Created before the changes below so that the traffic policy makes it a delivery.
+    webhook = await admin.webhooks.CreateWebhook(
+        wh.CreateWebhookRequest(
+            webhook_id=f"{principal}-hook",
+            webhook=wh.Webhook(url=HOOK_URL, models=[model], event_types=[lc.CHANGE_TYPE_TRAFFIC_CHANGED]),
+        )
+    )
+    doomed_webhook = await admin.webhooks.CreateWebhook(
+        wh.CreateWebhookRequest(
+            webhook_id=f"{principal}-doomed-hook",
+            webhook=wh.Webhook(url=HOOK_URL, models=[model], active=False),
+        )
+    )
     await move(admin, f"{model}/versions/1", STAGING)
     await admin.lifecycle.UpdateAliases(
         lc.UpdateAliasesRequest(
@@ -251,6 +316,34 @@ async def prepare(admin: Client, role: str, run: str, blob: str) -> Setup:
             role_binding=ac.RoleBinding(principal=scratch, role=ac.ROLE_DATA_SCIENTIST)
         )
     )
+    gated = await create_model(admin, f"{principal}-gated")
+    await move(admin, f"{gated}/versions/1", STAGING)
+    await admin.governance.UpdatePromotionGates(
+        gv.UpdatePromotionGatesRequest(
+            promotion_gates=gv.PromotionGates(name=f"{gated}/promotionGates", required_approvals=1),
+            update_mask=mask("required_approvals"),
+        )
+    )
+    to_approve = await request_promotion(admin, f"{gated}/versions/1", TO_PRODUCTION)
+    to_reject = await request_promotion(admin, f"{gated}/versions/2", TO_CHAMPION)
+    others_request = await request_promotion(admin, f"{gated}/versions/2", TO_PRODUCTION)
+    # The principal's own request, made while it held ml_engineer on the model if its role cannot ask:
+    # a requester may always withdraw its request (this leaves one RequestPromotion event of its own).
+    grant = None
+    if Permission.PROMOTIONS_REQUEST not in ROLE_PERMISSIONS[Role[role.upper()]]:
+        grant = await admin.access.CreateRoleBinding(
+            ac.CreateRoleBindingRequest(
+                role_binding=ac.RoleBinding(
+                    principal=f"principals/{principal}", role=ac.ROLE_ML_ENGINEER, scope=gated
+                )
+            )
+        )
+    async with connect(address, token) as user:
+        own_request = await request_promotion(user, f"{gated}/versions/3", TO_PRODUCTION)
+    if grant is not None:
+        await admin.access.DeleteRoleBinding(ac.DeleteRoleBindingRequest(name=grant.name))
+    delivery = await first_delivery(admin, webhook.name)
+    hook = await admin.webhooks.GetWebhook(wh.GetWebhookRequest(name=webhook.name))
     return Setup(
         role,
         principal,
@@ -262,6 +355,15 @@ async def prepare(admin: Client, role: str, run: str, blob: str) -> Setup:
         scratch,
         scratch_token.token.name,
         binding.name,
+        gated,
+        to_approve,
+        to_reject,
+        others_request,
+        own_request,
+        webhook.name,
+        delivery.name,
+        hook.enqueued_revision,
+        doomed_webhook.name,
     )
 
 
@@ -285,7 +387,9 @@ def calls(c: Client, s: Setup) -> dict[str, Callable[[], Awaitable[object]]]:
     """One call per MATRIX row, made as the role `s` was prepared for."""
     v1, v2, v3 = (f"{s.model}/versions/{n}" for n in (1, 2, 3))
     reg, life, serving, art, acc = c.registry, c.lifecycle, c.serving, c.artifacts, c.access
+    gov, hooks = c.governance, c.webhooks
     own = f"principals/{s.principal}"
+    gates = f"{s.gated}/promotionGates"
     return {
         "ModelRegistryService.CreateModel": lambda: reg.CreateModel(
             rg.CreateModelRequest(model_id=f"{s.principal}-new")
@@ -418,6 +522,66 @@ def calls(c: Client, s: Setup) -> dict[str, Callable[[], Awaitable[object]]]:
         "AccessService.GetCallerIdentity": lambda: acc.GetCallerIdentity(ac.GetCallerIdentityRequest()),
         "AccessService.ListAuditEvents": lambda: acc.ListAuditEvents(ac.ListAuditEventsRequest(page_size=1)),
         "AccessService.VerifyAuditChain": lambda: acc.VerifyAuditChain(ac.VerifyAuditChainRequest()),
+        "GovernanceService.GetPromotionGates": lambda: gov.GetPromotionGates(
+            gv.GetPromotionGatesRequest(name=gates)
+        ),
+        "GovernanceService.UpdatePromotionGates": lambda: gov.UpdatePromotionGates(
+            gv.UpdatePromotionGatesRequest(
+                promotion_gates=gv.PromotionGates(
+                    name=gates, request_ttl=duration_pb2.Duration(seconds=2 * 24 * 3600)
+                ),
+                update_mask=mask("request_ttl"),
+            )
+        ),
+        "GovernanceService.DryRunPromotion": lambda: gov.DryRunPromotion(
+            gv.DryRunPromotionRequest(name=f"{s.gated}/versions/1", target=TO_PRODUCTION)
+        ),
+        "GovernanceService.RequestPromotion": lambda: request_promotion(
+            c, f"{s.gated}/versions/3", TO_CHAMPION
+        ),
+        "GovernanceService.GetPromotionRequest": lambda: gov.GetPromotionRequest(
+            gv.GetPromotionRequestRequest(name=s.to_approve)
+        ),
+        "GovernanceService.ListPromotionRequests": lambda: gov.ListPromotionRequests(
+            gv.ListPromotionRequestsRequest(parent=s.gated)
+        ),
+        "GovernanceService.ApprovePromotion": lambda: gov.ApprovePromotion(
+            gv.ApprovePromotionRequest(name=s.to_approve, comment="lgtm")
+        ),
+        "GovernanceService.RejectPromotion": lambda: gov.RejectPromotion(
+            gv.RejectPromotionRequest(name=s.to_reject, comment="not yet")
+        ),
+        "GovernanceService.CancelPromotionRequest": lambda: gov.CancelPromotionRequest(
+            gv.CancelPromotionRequestRequest(name=s.own_request)
+        ),
+        "GovernanceService.CancelPromotionRequest [another principal's request]": (
+            lambda: gov.CancelPromotionRequest(gv.CancelPromotionRequestRequest(name=s.others_request))
+        ),
+        "WebhookService.CreateWebhook": lambda: hooks.CreateWebhook(
+            wh.CreateWebhookRequest(
+                webhook_id=f"{s.principal}-new-hook",
+                webhook=wh.Webhook(url=HOOK_URL, models=[s.model], active=False),
+            )
+        ),
+        "WebhookService.GetWebhook": lambda: hooks.GetWebhook(wh.GetWebhookRequest(name=s.webhook)),
+        "WebhookService.ListWebhooks": lambda: hooks.ListWebhooks(wh.ListWebhooksRequest(page_size=1)),
+        "WebhookService.UpdateWebhook": lambda: hooks.UpdateWebhook(
+            wh.UpdateWebhookRequest(
+                webhook=wh.Webhook(name=s.webhook, active=True), update_mask=mask("active")
+            )
+        ),
+        "WebhookService.DeleteWebhook": lambda: hooks.DeleteWebhook(
+            wh.DeleteWebhookRequest(name=s.doomed_webhook)
+        ),
+        "WebhookService.ListWebhookDeliveries": lambda: hooks.ListWebhookDeliveries(
+            wh.ListWebhookDeliveriesRequest(parent=s.webhook)
+        ),
+        "WebhookService.RedeliverWebhook": lambda: hooks.RedeliverWebhook(
+            wh.RedeliverWebhookRequest(name=s.delivery)
+        ),
+        "WebhookService.ReplayWebhook": lambda: hooks.ReplayWebhook(
+            wh.ReplayWebhookRequest(name=s.webhook, from_revision=s.enqueued_revision)
+        ),
     }
 
 
@@ -436,7 +600,27 @@ async def test_every_rpc_has_a_matrix_row_and_every_row_a_call() -> None:
     assert service_rpcs() - rows == set(), "RPCs without a row in tests/support/access_matrix.py"
     assert rows - service_rpcs() == set(), "matrix rows naming no RPC"
     assert all(roles <= set(ROLES) for roles in MATRIX.values())
-    dummy = Setup("viewer", "p", "t", "models/m", "models/d", "sha256:0", ("u", "u"), "principals/x", "", "")
+    dummy = Setup(
+        "viewer",
+        "p",
+        "t",
+        "models/m",
+        "models/d",
+        "sha256:0",
+        ("u", "u"),
+        "principals/x",
+        "",
+        "",
+        "models/g",
+        "models/g/promotionRequests/1",
+        "models/g/promotionRequests/2",
+        "models/g/promotionRequests/3",
+        "models/g/promotionRequests/4",
+        "webhooks/w",
+        "webhooks/w/deliveries/1",
+        0,
+        "webhooks/d",
+    )
     async with grpc.aio.insecure_channel("127.0.0.1:1") as unused:
         assert set(calls(Client(unused), dummy)) == set(MATRIX)
 
@@ -482,30 +666,39 @@ async def test_every_rpc_as_every_role_matches_the_matrix(server_address: str, a
         # One call at a time: this test is about permissions, and concurrent stage moves and other changes
         # can currently deadlock in PostgreSQL (TransitionModelVersionStage locks the revision counter, then
         # the audit head; every other change locks them the other way round).
-        setups = [await prepare(admin, role, run, blob) for role in ROLES]
-        results = [await run_as(server_address, s) for s in setups]
-        problems = [
-            problem
-            for setup, outcomes in zip(setups, results, strict=True)
-            for key, failure in outcomes.items()
-            if (problem := judge(setup, key, failure)) is not None
-        ]
-        assert not problems, "\n".join(problems)
-
-        # The trail holds one DENIED event per refused call and one OK event per change, nothing else.
-        for setup, outcomes in zip(setups, results, strict=True):
-            events = await audit_events(admin, f'principal = "{setup.principal}"')
-            expected = Counter(
-                (rpc_of(key).split(".")[1], "OK" if failure is None else "DENIED")
+        setups = [await prepare(admin, server_address, role, run, blob) for role in ROLES]
+        try:
+            results = [await run_as(server_address, s) for s in setups]
+            problems = [
+                problem
+                for setup, outcomes in zip(setups, results, strict=True)
                 for key, failure in outcomes.items()
-                if failure is not None or rpc_of(key).split(".")[1] in AUDITED
-            )
-            assert Counter((e.action, e.outcome) for e in events) == expected, setup.role
-            for event in events:
-                assert event.principal == f"principals/{setup.principal}"
-                assert event.resource
-                if event.outcome == "DENIED":
-                    assert event.details["missing_permission"] in {p.value for p in Permission}
+                if (problem := judge(setup, key, failure)) is not None
+            ]
+            assert not problems, "\n".join(problems)
+
+            # The trail holds one DENIED event per refused call and the OK events of each change (besides
+            # the promotion request prepare() made as the principal), nothing else.
+            for setup, outcomes in zip(setups, results, strict=True):
+                events = await audit_events(admin, f'principal = "{setup.principal}"')
+                expected = Counter({("RequestPromotion", "OK"): 1})
+                for key, failure in outcomes.items():
+                    action = rpc_of(key).split(".")[1]
+                    if failure is not None:
+                        expected[(action, "DENIED")] += 1
+                    elif action in AUDITED:
+                        expected[(action, "OK")] += EVENTS_PER_CALL.get(action, 1)
+                assert Counter((e.action, e.outcome) for e in events) == expected, setup.role
+                for event in events:
+                    assert event.principal == f"principals/{setup.principal}"
+                    assert event.resource
+                    if event.outcome == "DENIED":
+                        assert event.details["missing_permission"] in {p.value for p in Permission}
+        finally:
+            # Stop the deliveries to HOOK_URL, which would otherwise be retried for a long while.
+            for setup in setups:
+                for name in (setup.webhook, setup.doomed_webhook, f"webhooks/{setup.principal}-new-hook"):
+                    await attempt(admin.webhooks.DeleteWebhook(wh.DeleteWebhookRequest(name=name)))
 
 
 async def test_compare_model_versions(server_address: str, admin_token: str) -> None:

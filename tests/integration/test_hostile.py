@@ -1183,6 +1183,7 @@ def test_server_memory_stays_flat_under_hostile_calls(hostile: Hostile) -> None:
     failures = [
         f"{_method_id(m)} {o.code.name} {o.details!r}: {_describe(r)[:300]}" for m, r, o in warm_up + bad
     ]
+    Path("/tmp/memfail.txt").write_text("\n\n".join(f"{_method_id(m)} {o.code.name} {o.details!r} {o.elapsed}: {_describe(r)}" for m, r, o in warm_up + bad))
     assert failures == []
     growth = after - before
     assert growth < MEMORY_GROWTH_LIMIT, f"VmRSS grew by {growth / MiB:.1f} MiB over {MEMORY_CALLS} calls"

@@ -73,6 +73,26 @@ MATRIX: dict[str, set[str]] = {
     "AccessService.GetCallerIdentity": set(_ALL),
     "AccessService.ListAuditEvents": set(_LEADS),
     "AccessService.VerifyAuditChain": set(_LEADS),
+    # GovernanceService
+    "GovernanceService.GetPromotionGates": set(_ALL),
+    "GovernanceService.UpdatePromotionGates": set(_LEADS),
+    "GovernanceService.DryRunPromotion": set(_ALL),
+    "GovernanceService.RequestPromotion": set(_ENGINEERS),
+    "GovernanceService.GetPromotionRequest": set(_ALL),
+    "GovernanceService.ListPromotionRequests": set(_ALL),
+    "GovernanceService.ApprovePromotion": set(_LEADS),
+    "GovernanceService.RejectPromotion": set(_LEADS),
+    "GovernanceService.CancelPromotionRequest": set(_ALL),
+    "GovernanceService.CancelPromotionRequest [another principal's request]": set(_ADMIN),
+    # WebhookService
+    "WebhookService.CreateWebhook": set(_LEADS),
+    "WebhookService.GetWebhook": set(_LEADS),
+    "WebhookService.ListWebhooks": set(_LEADS),
+    "WebhookService.UpdateWebhook": set(_LEADS),
+    "WebhookService.DeleteWebhook": set(_LEADS),
+    "WebhookService.ListWebhookDeliveries": set(_LEADS),
+    "WebhookService.RedeliverWebhook": set(_LEADS),
+    "WebhookService.ReplayWebhook": set(_LEADS),
 }
 
 

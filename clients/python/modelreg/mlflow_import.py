@@ -457,6 +457,8 @@ class MlflowSource:
             yield
         except MlflowException as exc:
             raise MlflowSourceError(f"MLflow: {what}: {exc.message}") from exc
+        except OSError as exc:  # includes requests' errors, which artifact downloads can raise
+            raise MlflowSourceError(f"MLflow: {what}: {exc}") from exc
 
     def model_names(self) -> list[str]:
         """The names of every registered model, sorted."""
@@ -772,9 +774,10 @@ class MlflowImporter:
         labels = {LABEL_MODEL: _name_label(version.model), LABEL_VERSION: str(version.version)}
         if stage_of(version.stage) != model_pb2.STAGE_NONE:
             labels[LABEL_STAGE] = version.stage
+        # The run's system tags (mlflow.*) are lineage already, or noise; only its name is kept.
         run_tags = {k: v for k, v in run.tags.items() if not k.startswith("mlflow.")}
         if "mlflow.runName" in run.tags:
-            labels["mlflow-run-name"] = run.tags["mlflow.runName"]
+            run_tags["mlflow-run-name"] = run.tags["mlflow.runName"]
         labels = self._labels(version.ref, labels, [version.tags, run_tags])
         with tempfile.TemporaryDirectory(prefix="modelreg-mlflow-", dir=self.workdir) as tmp:
             package = self.source.download(version, Path(tmp))
@@ -920,6 +923,8 @@ class MlflowImporter:
                 )
                 continue
             comment = f"{COMMENT_PREFIX}: {target.source.ref} is {target.source.stage} in MLflow"
+            if target.stage != stage_of(target.source.stage):
+                comment += ", where a newer version is in Production too"
             for stage in stage_path(target.current, target.stage):
                 if not self.dry_run:
                     try:

@@ -21,7 +21,7 @@ from modelreg_server.domain.access import AccessControl
 from modelreg_server.domain.feed import Subscription
 from modelreg_server.domain.names import parse_alias_name, parse_model_name
 from modelreg_server.domain.permissions import Permission
-from modelreg_server.domain.records import SERVING_CHANGES, Change
+from modelreg_server.domain.records import SERVING_CHANGES, Change, Resolution
 from modelreg_server.domain.serving import Serving
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -36,6 +36,7 @@ class ServingServicer(pb_grpc.ServingServiceServicer):
         self._serving = serving
         self.access = access
         self._heartbeat = heartbeat_interval
+        self._messages = _SharedMessages()
 
     async def _read(self, context: Context, resource: str, model_id: str | None) -> None:
         await self.access.require(caller(context), Permission.READ, resource, model_id=model_id)
@@ -44,7 +45,7 @@ class ServingServicer(pb_grpc.ServingServiceServicer):
     async def ResolveAlias(
         self, request: pb.ResolveAliasRequest, context: Context
     ) -> pb.ResolveAliasResponse:
-        model_id, alias = parse_alias_name(request.name)
+        model_id, alias = _parse_alias(request.name)
         await self._read(context, request.name, model_id)
         if request.HasField("as_of"):
             v = val.Violations()
@@ -52,7 +53,7 @@ class ServingServicer(pb_grpc.ServingServiceServicer):
             v.check()
             at = request.as_of.ToDatetime(tzinfo=UTC)
             return resolution_to_proto(await self._serving.resolve_as_of(model_id, alias, at))
-        return resolution_to_proto(await self._serving.resolve(model_id, alias))
+        return self._messages.resolution(await self._serving.resolve(model_id, alias))
 
     @unary
     async def BatchResolveAliases(
@@ -149,37 +150,118 @@ class ServingServicer(pb_grpc.ServingServiceServicer):
             )
 
     async def _live(self, sub: Subscription, sent: int) -> AsyncIterator[pb.WatchAliasesResponse]:
+        # One watcher per stream, a thousand streams per replica: the wait for the next change is a plain
+        # queue get under a timeout (no task or asyncio.wait per change), and a change's message is built
+        # once for every watcher it goes to. An overflow cuts the current wait short.
+        queue = sub.queue
+        waiting: list[asyncio.Timeout] = []
+
+        def cut_short(_: object) -> None:
+            for deadline in waiting:
+                if not deadline.expired():
+                    deadline.reschedule(-1.0)
+
         overflow = asyncio.ensure_future(sub.overflowed.wait())
-        getter: asyncio.Future[Change] = asyncio.ensure_future(sub.queue.get())
+        overflow.add_done_callback(cut_short)
         try:
             while True:
-                waiting: set[asyncio.Future[Any]] = {getter, overflow}
-                done, _ = await asyncio.wait(
-                    waiting, timeout=self._heartbeat, return_when=asyncio.FIRST_COMPLETED
-                )
-                if overflow in done:
-                    raise errors.ResourceExhausted(
-                        "watcher fell too far behind; reconnect with since_revision to resume",
-                        "WATCHER_TOO_SLOW",
-                    )
-                if getter not in done:
-                    # The getter keeps waiting. A heartbeat claims the feed's revision only when nothing is
-                    # queued for this watcher: everything up to it has then been sent or was not selected.
-                    if sub.queue.empty():
-                        yield pb.WatchAliasesResponse(
-                            revision=max(sent, self._serving.feed.last_revision), heartbeat=True
-                        )
+                if queue.empty():
+                    try:
+                        async with asyncio.timeout(self._heartbeat) as deadline:
+                            waiting.append(deadline)
+                            try:
+                                first = await queue.get()
+                            finally:
+                                waiting.clear()
+                    except TimeoutError:
+                        if sub.overflowed.is_set():
+                            raise _too_slow() from None
+                        # A heartbeat claims the feed's revision only when nothing is queued for this
+                        # watcher: everything up to it has then been sent or was not selected.
+                        if queue.empty():
+                            yield pb.WatchAliasesResponse(
+                                revision=max(sent, self._serving.feed.last_revision), heartbeat=True
+                            )
+                        continue
+                else:
+                    first = queue.get_nowait()
+                if sub.overflowed.is_set():
+                    raise _too_slow()
+                if queue.empty():
+                    if first.revision > sent:
+                        sent = first.revision
+                        yield self._messages.response(first)
                     continue
-                batch = [getter.result()]
-                while not sub.queue.empty():
-                    batch.append(sub.queue.get_nowait())
-                getter = asyncio.ensure_future(sub.queue.get())
-                fresh = [c for c in batch if c.revision > sent]
+                batch = [first]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                fresh = [self._messages.change(c) for c in batch if c.revision > sent]
                 if fresh:
-                    sent = fresh[-1].revision
-                    yield pb.WatchAliasesResponse(changes=[change_to_proto(c) for c in fresh], revision=sent)
+                    sent = batch[-1].revision
+                    yield pb.WatchAliasesResponse(changes=fresh, revision=sent)
         finally:
-            for task in (getter, overflow):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            overflow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await overflow
+
+
+_PARSED_ALIASES: dict[str, tuple[str, str]] = {}
+_MAX_PARSED_ALIASES = 10_000
+
+
+def _parse_alias(name: str) -> tuple[str, str]:
+    """parse_alias_name, remembering valid names (serving fleets resolve the same few again and again)."""
+    parsed = _PARSED_ALIASES.get(name)
+    if parsed is None:
+        parsed = parse_alias_name(name)
+        if len(_PARSED_ALIASES) >= _MAX_PARSED_ALIASES:
+            _PARSED_ALIASES.clear()
+        _PARSED_ALIASES[name] = parsed
+    return parsed
+
+
+def _too_slow() -> errors.ResourceExhausted:
+    return errors.ResourceExhausted(
+        "watcher fell too far behind; reconnect with since_revision to resume", "WATCHER_TOO_SLOW"
+    )
+
+
+class _SharedMessages:
+    """Wire forms built once and shared by every call that sends them: the message of each recent live
+    change (one per watcher of its model) and of each cached resolution. gRPC only serializes them, and
+    nothing here changes a message once built."""
+
+    def __init__(self, recent_changes: int = 1024, resolutions: int = 10_000) -> None:
+        self._recent_changes = recent_changes
+        self._max_resolutions = resolutions
+        self._changes: dict[int, tuple[Change, pb.Change, pb.WatchAliasesResponse]] = {}
+        # By the identity of the cached Resolution (the entry keeps it alive, so the id is not reused).
+        self._resolutions: dict[int, tuple[Resolution, pb.ResolveAliasResponse]] = {}
+
+    def _change_entry(self, change: Change) -> tuple[Change, pb.Change, pb.WatchAliasesResponse]:
+        entry = self._changes.get(change.revision)
+        if entry is None or entry[0] is not change:
+            message = change_to_proto(change)
+            entry = (change, message, pb.WatchAliasesResponse(changes=[message], revision=change.revision))
+            if len(self._changes) >= self._recent_changes:
+                del self._changes[next(iter(self._changes))]
+            self._changes[change.revision] = entry
+        return entry
+
+    def change(self, change: Change) -> pb.Change:
+        """The wire form of a live change."""
+        return self._change_entry(change)[1]
+
+    def response(self, change: Change) -> pb.WatchAliasesResponse:
+        """The watch message carrying just this change."""
+        return self._change_entry(change)[2]
+
+    def resolution(self, resolution: Resolution) -> pb.ResolveAliasResponse:
+        """The wire form of a resolution."""
+        entry = self._resolutions.get(id(resolution))
+        if entry is None or entry[0] is not resolution:
+            if len(self._resolutions) >= self._max_resolutions:
+                self._resolutions.clear()
+            entry = (resolution, resolution_to_proto(resolution))
+            self._resolutions[id(resolution)] = entry
+        return entry[1]

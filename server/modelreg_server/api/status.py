@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from modelreg_server import telemetry
 from modelreg_server.api.identity import Guarded, authenticate, forget
@@ -93,9 +96,35 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
+_NO_SPAN: AbstractContextManager[None] = contextlib.nullcontext()
+# The installed propagator and the header names it reads, recomputed only when another one is installed.
+_trace_fields: list[tuple[object, frozenset[str]]] = [(None, frozenset())]
+
+
+def _carries_trace(metadata: Iterable[tuple[str, str | bytes]]) -> bool:
+    """Whether the call's metadata holds a header the installed propagators read (e.g. traceparent)."""
+    textmap = propagate.get_global_textmap()
+    known, fields = _trace_fields[0]
+    if known is not textmap:
+        fields = frozenset(textmap.fields)
+        _trace_fields[0] = (textmap, fields)
+    return any(key in fields for key, _ in metadata)
+
+
+def _metrics_enabled() -> bool:
+    """Whether a meter provider is installed; without one the RPC instruments record nothing."""
+    return isinstance(metrics.get_meter_provider(), MeterProvider)
+
+
 class _CallScope:
     """Around one RPC: its server span (continuing the caller's trace), status code for the metrics,
-    authentication, and the error-to-status mapping."""
+    authentication, and the error-to-status mapping.
+
+    The span is skipped when no tracer provider is installed and the caller sent no trace context: it would
+    be a no-op span, and building it costs as much as the rest of a cached ResolveAlias. With a trace
+    context but no provider the caller's (non-recording) span is still made current, so the JSON logs keep
+    the caller's trace id.
+    """
 
     def __init__(self, service: Guarded, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self.method = f"{_service_name(service)}/{method}"
@@ -103,27 +132,41 @@ class _CallScope:
         self.context = context
         self.started = time.perf_counter()
         self.code = "OK"
-        self.span = telemetry.tracer.start_span(
-            self.method,
-            context=telemetry.extract_context(context.invocation_metadata()),
-            kind=SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.method": method, "rpc.service": _service_name(service)},
-        )
+        self.span: Span | None = None
+        metadata = context.invocation_metadata() or ()
+        if telemetry.tracer_enabled() or _carries_trace(metadata):
+            self.span = telemetry.tracer.start_span(
+                self.method,
+                context=telemetry.extract_context(metadata),
+                kind=SpanKind.SERVER,
+                attributes={
+                    "rpc.system": "grpc",
+                    "rpc.method": method,
+                    "rpc.service": _service_name(service),
+                },
+            )
+
+    def activate(self) -> AbstractContextManager[object]:
+        """Makes the span current (nothing when there is none)."""
+        return _NO_SPAN if self.span is None else trace.use_span(self.span, end_on_exit=False)
 
     async def fail(self, exc: Exception) -> NoReturn:
         status = _status_for(exc)
         self.code = next((c.name for c in grpc.StatusCode if c.value[0] == status.code), "UNKNOWN")
-        self.span.set_attribute("rpc.grpc.status_code", status.code)
-        if self.code == "INTERNAL":
-            self.span.set_status(Status(StatusCode.ERROR, status.message))
+        if self.span is not None:
+            self.span.set_attribute("rpc.grpc.status_code", status.code)
+            if self.code == "INTERNAL":
+                self.span.set_status(Status(StatusCode.ERROR, status.message))
         await self.context.abort(*_abort_args(status))
 
     def close(self, cancelled: bool = False) -> None:
         if cancelled:
             self.code = "CANCELLED"
         forget(self.context)
-        telemetry.record_rpc(self.method, self.code, self.started)
-        self.span.end()
+        if _metrics_enabled():
+            telemetry.record_rpc(self.method, self.code, self.started)
+        if self.span is not None:
+            self.span.end()
 
 
 def _abort_args(status: status_pb2.Status) -> tuple[grpc.StatusCode, str, Any]:
@@ -157,7 +200,7 @@ def unary(
         scope = _CallScope(self, handler.__name__, context)
         cancelled = False
         try:
-            with trace.use_span(scope.span, end_on_exit=False):
+            with scope.activate():
                 await authenticate(self.access, context, scope.action)
                 return await handler(self, request, context)
         except asyncio.CancelledError:
@@ -185,7 +228,7 @@ def streaming(
         scope = _CallScope(self, handler.__name__, context)
         cancelled = False
         try:
-            with trace.use_span(scope.span, end_on_exit=False):
+            with scope.activate():
                 await authenticate(self.access, context, scope.action)
             async for item in handler(self, request, context):
                 yield item
