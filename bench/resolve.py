@@ -26,13 +26,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import multiprocessing
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
@@ -48,6 +51,7 @@ import grpc
 from bench.common import (
     CALL_TIMEOUT_S,
     CpuMeter,
+    ListeningProcess,
     LoadResult,
     LoadRunner,
     Op,
@@ -81,6 +85,7 @@ RESOLVE_ALIAS = "prod"
 WATCH_MODEL = "bench-watch"
 WATCH_ALIAS = "live"
 PAYLOAD = "resolve"
+FANOUT_SERVICE = "bench.FanoutService"
 # MLflow's get_model_version_by_alias with 16 clients on these machines (measured separately, see README).
 MLFLOW_RESOLVE_PER_S = 230.0
 # Separate TCP connections: grpc otherwise lets channels with equal arguments share one subchannel.
@@ -186,8 +191,9 @@ def measure_resolve(
         )
     real, empty = measured[False].summary(), _reference_summary(measured[True])
     log(
-        f"resolve x{concurrency}: {real['throughput_per_s']}/s p50 {real['p50_ms']} ms p99 {real['p99_ms']} ms"
-        f" errors {real['errors']} | empty handler {empty['throughput_per_s']}/s p99 {empty['p99_ms']} ms"
+        f"resolve x{concurrency}: {real['throughput_per_s']}/s p50 {real['p50_ms']} ms"
+        f" p99 {real['p99_ms']} ms errors {real['errors']}"
+        f" | empty handler {empty['throughput_per_s']}/s p99 {empty['p99_ms']} ms"
     )
     server_cpu_ms = ratio(real["cpu"].get("server_cpu_pct", 0.0) * 10.0, real["throughput_per_s"], 3)
     empty_cpu_ms = ratio(empty["cpu"].get("empty_server_cpu_pct", 0.0) * 10.0, empty["throughput_per_s"], 3)
@@ -220,6 +226,7 @@ class WatchPlan:
     address: str
     metadata: Metadata
     model: str
+    reference: bool
     first_watcher: int
     watchers: int
     channels: int
@@ -250,11 +257,20 @@ async def _watch(plan: WatchPlan, ready: Event, go: Event, done: Event) -> Watch
 
     async def watcher(index: int) -> None:
         nonlocal snapshots_left
-        stub = lpb_grpc.ServingServiceStub(channels[index % len(channels)])
+        channel = channels[index % len(channels)]
+        watch: grpc.aio.UnaryStreamMultiCallable[lpb.WatchAliasesRequest, lpb.WatchAliasesResponse]
+        if plan.reference:
+            watch = channel.unary_stream(
+                f"/{FANOUT_SERVICE}/Watch",
+                request_serializer=lpb.WatchAliasesRequest.SerializeToString,
+                response_deserializer=lpb.WatchAliasesResponse.FromString,
+            )
+        else:
+            watch = lpb_grpc.ServingServiceStub(channel).WatchAliases
         seen = share.arrivals[index]
         in_snapshot = True
         try:
-            async for message in stub.WatchAliases(request, metadata=plan.metadata):
+            async for message in watch(request, metadata=plan.metadata):
                 arrived = time.monotonic()
                 if in_snapshot:
                     if message.heartbeat and not message.snapshot:
@@ -302,25 +318,95 @@ def watch_process(plan: WatchPlan, ready: Event, go: Event, done: Event, results
 
 
 async def _set_aliases(
-    address: str, meta: Metadata, changes: int, interval: float
+    address: str, meta: Metadata, changes: int, interval: float, reference: bool
 ) -> tuple[list[tuple[int, int, float]], list[float]]:
-    """Moves the watched alias back and forth; returns (revision, version, start time) per call and the
-    SetAlias latencies."""
+    """Moves the watched alias back and forth (or, `reference`, has the fan-out server publish a change
+    message of the same shape); returns (revision, version, start time) per call and the call latencies."""
     sent: list[tuple[int, int, float]] = []
     latencies: list[float] = []
     async with grpc.aio.insecure_channel(address) as channel:
         lifecycle = lpb_grpc.LifecycleServiceStub(channel)
+        publish: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            f"/{FANOUT_SERVICE}/Publish", request_serializer=None, response_deserializer=None
+        )
         name = alias_name(WATCH_MODEL, WATCH_ALIAS)
         await channel.channel_ready()
         for i in range(changes):
             version = 2 if i % 2 == 0 else 1
-            request = lpb.SetAliasRequest(name=name, model_version=f"models/{WATCH_MODEL}/versions/{version}")
-            started = time.monotonic()
-            alias = await lifecycle.SetAlias(request, timeout=CALL_TIMEOUT_S, metadata=meta)
+            target = f"models/{WATCH_MODEL}/versions/{version}"
+            if reference:
+                message = _reference_change(i + 1, version, name, target).SerializeToString()
+                started = time.monotonic()
+                await publish(message, timeout=CALL_TIMEOUT_S, metadata=meta)
+                revision = i + 1
+            else:
+                request = lpb.SetAliasRequest(name=name, model_version=target)
+                started = time.monotonic()
+                alias = await lifecycle.SetAlias(request, timeout=CALL_TIMEOUT_S, metadata=meta)
+                revision = alias.revision
             latencies.append(time.monotonic() - started)
-            sent.append((alias.revision, version, started))
+            sent.append((revision, version, started))
             await asyncio.sleep(interval)
     return sent, latencies
+
+
+def _reference_change(revision: int, version: int, alias: str, target: str) -> lpb.WatchAliasesResponse:
+    """A watch message like the registry's for one alias move."""
+    change = lpb.Change(
+        revision=revision,
+        type=lpb.CHANGE_TYPE_ALIAS_SET,
+        model=f"models/{WATCH_MODEL}",
+        alias=alias,
+        resolution=lpb.ResolveAliasResponse(
+            model_version=target, version=version, stage=model_pb2.STAGE_NONE, revision=revision
+        ),
+        actor="admin",
+    )
+    change.create_time.GetCurrentTime()
+    return lpb.WatchAliasesResponse(changes=[change], revision=revision)
+
+
+# --------------------------------------------------------------------------------------------------
+# The fan-out reference: a grpc.aio server that only relays published bytes to every open stream
+# --------------------------------------------------------------------------------------------------
+
+
+async def serve_fanout(listen: str) -> None:
+    """`/bench.FanoutService/Watch` streams a heartbeat, then every message `Publish` receives (raw bytes,
+    never parsed), until SIGTERM or SIGINT: the least any server can do per watcher and change."""
+    subscribers: set[asyncio.Queue[bytes]] = set()
+    heartbeat = lpb.WatchAliasesResponse(heartbeat=True).SerializeToString()
+
+    async def watch(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        subscribers.add(queue)
+        try:
+            yield heartbeat
+            while True:
+                yield await queue.get()
+        finally:
+            subscribers.discard(queue)
+
+    async def publish(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        for queue in subscribers:
+            queue.put_nowait(request)
+        return b""
+
+    handlers = {
+        "Watch": grpc.unary_stream_rpc_method_handler(watch),
+        "Publish": grpc.unary_unary_rpc_method_handler(publish),
+    }
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(FANOUT_SERVICE, handlers),))
+    port = server.add_insecure_port(listen)
+    await server.start()
+    print(f"fanout-server listening on {listen.rsplit(':', 1)[0]}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.stop(1.0)
 
 
 def _split_evenly(total: int, parts: int) -> list[tuple[int, int]]:
@@ -344,11 +430,11 @@ def _check_watchers(
     complete = missing_total = extra_total = reordered = wrong_version = duplicates = 0
     errors: dict[str, str] = {}
     for share in shares:
-        for offset, seen in enumerate(share.arrivals):
+        for seen in share.arrivals:
             revisions = [revision for revision, _, _ in seen]
             if revisions == expected:
                 complete += 1
-            if any(b <= a for a, b in zip(revisions, revisions[1:], strict=False)):
+            if any(b <= a for a, b in itertools.pairwise(revisions)):
                 reordered += 1
             duplicates += len(revisions) - len(set(revisions))
             missing_total += len(set(expected) - set(revisions))
@@ -374,8 +460,11 @@ def _check_watchers(
     return latencies, verdict
 
 
-def measure_watch(address: str, server_pid: int, meta: Metadata, args: argparse.Namespace) -> dict[str, Any]:
-    """Opens the watchers in client processes, moves the alias, and checks what every watcher received."""
+def measure_watch(
+    address: str, server_pid: int, meta: Metadata, args: argparse.Namespace, *, reference: bool = False
+) -> dict[str, Any]:
+    """Opens the watchers in client processes, moves the alias (or, `reference`, publishes through the
+    fan-out server), and checks what every watcher received."""
     ctx = multiprocessing.get_context("spawn")
     ready_events = [ctx.Event() for _ in range(args.watch_procs)]
     go, done = ctx.Event(), ctx.Event()
@@ -383,7 +472,15 @@ def measure_watch(address: str, server_pid: int, meta: Metadata, args: argparse.
     processes = []
     for i, (first, count) in enumerate(_split_evenly(args.watchers, args.watch_procs)):
         plan = WatchPlan(
-            address, meta, WATCH_MODEL, first, count, args.watch_channels, args.changes, args.watch_grace
+            address,
+            meta,
+            WATCH_MODEL,
+            reference,
+            first,
+            count,
+            args.watch_channels,
+            args.changes,
+            args.watch_grace,
         )
         proc = ctx.Process(
             target=watch_process, args=(plan, ready_events[i], go, done, results), name=f"watchers-{i}"
@@ -406,9 +503,11 @@ def measure_watch(address: str, server_pid: int, meta: Metadata, args: argparse.
         load_before = os.getloadavg()[0]
         go.set()
         wall = time.monotonic()
-        sent, set_latencies = asyncio.run(_set_aliases(address, meta, args.changes, args.change_interval))
+        sent, set_latencies = asyncio.run(
+            _set_aliases(address, meta, args.changes, args.change_interval, reference)
+        )
         done.set()
-        log(f"{len(sent)} SetAlias calls made; collecting what the watchers saw ...")
+        log(f"{len(sent)} changes made; collecting what the watchers saw ...")
         shares = [results.get(timeout=args.watch_grace + 120) for _ in processes]
         wall = time.monotonic() - wall
         cpu_after = {pid: process_cpu_seconds(pid) or 0.0 for pid in cpu_before}
@@ -443,7 +542,8 @@ def measure_watch(address: str, server_pid: int, meta: Metadata, args: argparse.
         },
         # The last watcher's arrival per change: how long one change takes to reach everybody.
         "fan_out_complete_ms": _fan_out(shares, sent),
-        "set_alias": latency_summary(set_latencies, sum(set_latencies)),
+        # SetAlias (reference: Publish) itself, from call to response: part of every latency above.
+        "change_call": latency_summary(set_latencies, sum(set_latencies)),
         "snapshot_seconds_per_proc": [round(s.snapshot_seconds, 2) for s in shares],
         "cpu_pct_while_changing": {
             "server": round(100.0 * server_cpu / wall, 1),
@@ -455,9 +555,11 @@ def measure_watch(address: str, server_pid: int, meta: Metadata, args: argparse.
         "loadavg_1m_before": round(load_before, 2),
         **verdict,
     }
+    latency = summary["latency_ms"]
+    kind = " (fan-out reference)" if reference else ""
     log(
-        f"watch: p50 {summary['latency_ms']['p50']} ms p99 {summary['latency_ms']['p99']} ms "
-        f"max {summary['latency_ms']['max']} ms; {verdict['watchers_with_every_change_in_order']}/"
+        f"watch{kind}: p50 {latency['p50']} ms p99 {latency['p99']} ms "
+        f"max {latency['max']} ms; {verdict['watchers_with_every_change_in_order']}/"
         f"{args.watchers} watchers saw every change in order"
     )
     return summary
@@ -499,7 +601,11 @@ def _targets(results: list[dict[str, Any]], watch: dict[str, Any] | None) -> dic
         }
     if watch is not None:
         p99 = watch["latency_ms"]["p99"]
-        targets["watch_p99_le_50ms"] = {"value": p99, "met": p99 is not None and p99 <= 50.0}
+        targets["watch_p99_le_50ms"] = {
+            "value": p99,
+            "fanout_reference_p99": (watch.get("fanout_reference") or {}).get("latency_ms", {}).get("p99"),
+            "met": p99 is not None and p99 <= 50.0,
+        }
         lost = watch["missing_events"] + watch["stream_errors"]
         disordered = watch["watchers_reordered"] + watch["duplicate_events"] + watch["extra_events"]
         targets["watch_zero_lost_or_reordered"] = {
@@ -531,6 +637,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-resolve", action="store_true", help="only the watch part")
     parser.add_argument("--skip-watch", action="store_true", help="only the resolve part")
     parser.add_argument("--out", type=Path, help="also write the JSON result here")
+    parser.add_argument("--serve-fanout", metavar="LISTEN", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.concurrency_levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     return args
@@ -539,6 +646,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark; returns the exit code."""
     args = _parse_args(argv)
+    if args.serve_fanout:
+        asyncio.run(serve_fanout(args.serve_fanout))
+        return 0
     started = utc_timestamp()
     machine = machine_info()
     work = Path(tempfile.mkdtemp(prefix="modelreg-bench-resolve-"))
@@ -577,7 +687,31 @@ def main(argv: list[str] | None = None) -> int:
                 addresses = {False: server.address, True: empty.address}
                 results = [measure_resolve(runner, addresses, c, meta) for c in args.concurrency_levels]
             if not args.skip_watch:
-                watch = measure_watch(server.address, server.pid, meta, args)
+                registry_watch = measure_watch(server.address, server.pid, meta, args)
+                fanout = stack.enter_context(
+                    ListeningProcess(
+                        "fanout-server",
+                        [sys.executable, "-m", "bench.resolve", "--serve-fanout", "127.0.0.1:0"],
+                        log_path=work / "fanout-server.log",
+                    )
+                )
+                log(f"fan-out reference pid {fanout.pid} on {fanout.address}")
+                reference_watch = measure_watch(fanout.address, fanout.pid, meta, args, reference=True)
+                watch = {
+                    **registry_watch,
+                    "fanout_reference": reference_watch,
+                    "ratio_to_fanout_reference": {
+                        key: ratio(registry_watch["latency_ms"][key], reference_watch["latency_ms"][key], 2)
+                        for key in ("p50", "p99")
+                    }
+                    | {
+                        "server_cpu_per_delivery": ratio(
+                            registry_watch["server_cpu_us_per_delivery"],
+                            reference_watch["server_cpu_us_per_delivery"],
+                            2,
+                        )
+                    },
+                }
         succeeded = True
     finally:
         if succeeded:

@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import http.client
 import itertools
 import logging
 import os
@@ -103,7 +104,7 @@ MLFLOW_BUCKET = "mlflow-vs-modelreg"
 WARMUP_BUCKET = "warmup"
 METRICS = ("auc", "precision", "recall", "f1", "log_loss")
 MLFLOW_READY_TIMEOUT_S = 900.0
-_ACCESS_LINE = re.compile(rb'" (\d{3})')
+_ACCESS_LINE = re.compile(rb'"(GET|HEAD|POST|PUT|PATCH|DELETE) (\S+) HTTP/[\d.]+" (\d{3})')
 
 
 # --------------------------------------------------------------------------------------------------
@@ -187,7 +188,7 @@ class ModelregSystem:
 
     def resolve(self, model: str, alias: str) -> int:
         """resolve_alias (ResolveAlias RPC); the SDK keeps no cache for it."""
-        return int(self.registry.resolve_alias(model, alias).model_version.version)
+        return int(self.registry.resolve_alias(model, alias).version)
 
     def search(self, model: str, env: str, page_size: int) -> int:
         """The first page of list_model_versions with a label filter: one ListModelVersions call."""
@@ -201,9 +202,10 @@ class ModelregSystem:
         version = self.registry.upload_model(model, path, format="custom")
         return str(version.name)
 
-    def download(self, ref: str, dest: Path, cache: Path) -> Path:
-        """download_model with its defaults (streamed through the registry, verified) and a fresh cache."""
-        self.registry.download_model(ref, dest, cache_dir=cache)
+    def download(self, ref: str, dest: Path, cache: Path, *, presigned: bool = False) -> Path:
+        """download_model with its defaults (streamed through the registry, verified) and a fresh cache;
+        `presigned` opts into fetching from S3 with presigned URLs instead."""
+        self.registry.download_model(ref, dest, cache_dir=cache, use_presigned_urls=presigned)
         files = [p for p in dest.rglob("*") if p.is_file()]
         if len(files) != 1:
             raise RuntimeError(f"expected one downloaded file, found {files}")
@@ -329,18 +331,8 @@ def _backends_of(database: str) -> Callable[[], list[int]]:
     return lambda: postgres_backends(database)
 
 
-def io_bytes(pid: int) -> int | None:
-    """Bytes a process moved through read/write system calls (sockets included), or None once gone."""
-    try:
-        text = Path(f"/proc/{pid}/io").read_text()
-    except OSError:
-        return None
-    values = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    return int(values["rchar"]) + int(values["wchar"])
-
-
 class Meter:
-    """CPU seconds and I/O bytes of named groups of processes between `start()` and `stop()`.
+    """CPU seconds of named groups of processes, and of this process, between `start()` and `stop()`.
 
     A group is re-enumerated at `stop()`; a process that appeared meanwhile (a restarted worker, a new
     database backend) counts from zero.
@@ -349,34 +341,28 @@ class Meter:
     def __init__(self, groups: Mapping[str, Callable[[], Sequence[int]]]) -> None:
         self._groups = groups
         self._cpu: dict[int, float] = {}
-        self._io: dict[int, int] = {}
         self._client_cpu = 0.0
         self._wall = 0.0
 
     def start(self) -> None:
         """First snapshot."""
-        self._cpu, self._io = {}, {}
+        self._cpu = {}
         for pids in self._groups.values():
             for pid in pids():
                 self._cpu[pid] = process_cpu_seconds(pid) or 0.0
-                self._io[pid] = io_bytes(pid) or 0
         self._client_cpu = time.process_time()
         self._wall = time.monotonic()
 
     def stop(self) -> dict[str, float]:
-        """`{group}_cpu_s` and `{group}_io_mib` per group, and `client_cpu_s` (this process)."""
+        """`{group}_cpu_s` per group, and `client_cpu_s` (this process)."""
         readings: dict[str, float] = {"client_cpu_s": round(time.process_time() - self._client_cpu, 3)}
         for name, pids in self._groups.items():
             cpu = 0.0
-            moved = 0
             for pid in pids():
-                after_cpu, after_io = process_cpu_seconds(pid), io_bytes(pid)
-                if after_cpu is not None:
-                    cpu += after_cpu - self._cpu.get(pid, 0.0)
-                if after_io is not None:
-                    moved += after_io - self._io.get(pid, 0)
+                after = process_cpu_seconds(pid)
+                if after is not None:
+                    cpu += after - self._cpu.get(pid, 0.0)
             readings[f"{name}_cpu_s"] = round(cpu, 3)
-            readings[f"{name}_io_mib"] = round(moved / MiB, 1)
         return readings
 
 
@@ -420,6 +406,7 @@ class MlflowServer:
             start_new_session=True,
         )  # fmt: skip
         self.startup_s: float | None = None
+        self.workers_started = 0
 
     @property
     def url(self) -> str:
@@ -440,6 +427,13 @@ class MlflowServer:
     def log_size(self) -> int:
         """Current size of the server log."""
         return self.log_path.stat().st_size
+
+    def requests_since(self, offset: int) -> list[tuple[str, str, int]]:
+        """(method, path, status) of every request in the access log from byte `offset`."""
+        return [
+            (m.group(1).decode(), m.group(2).decode(errors="replace"), int(m.group(3)))
+            for m in _ACCESS_LINE.finditer(self.log_text(offset))
+        ]
 
     def worker_restarts(self) -> int:
         """Workers uvicorn's supervisor found dead (or unresponsive) and replaced so far."""
@@ -468,12 +462,18 @@ class MlflowServer:
                 urllib.request.urlopen(f"{self.url}/health", timeout=5) as resp,
             ):
                 healthy = resp.status == 200
-            started = self.log_text().count(b"Application startup complete")
-            if healthy and started >= (self.workers if self.workers > 1 else 1):
+            self.workers_started = self.log_text().count(b"Application startup complete")
+            if healthy and self.workers_started >= self.workers:
                 self.startup_s = round(time.monotonic() - self.started_at, 1)
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} not ready after {timeout:.0f} s; see {self.log_path}")
+                if not healthy:
+                    raise TimeoutError(f"{self.name} not ready after {timeout:.0f} s; see {self.log_path}")
+                # Serving, with workers still being (re)started: measure it as it is, and say so.
+                up = f"{self.workers_started} of {self.workers}"
+                log(f"{self.name}: only {up} workers up after {timeout:.0f} s")
+                self.startup_s = round(time.monotonic() - self.started_at, 1)
+                return
             time.sleep(0.5)
 
     def stop(self, grace: float = 20.0) -> None:
@@ -564,9 +564,9 @@ def run_closed_loop(
     time.sleep(max(0.0, stop_at - time.monotonic()))
     result.meter = meter.stop()
     if server is not None:
-        statuses = [int(m.group(1)) for m in _ACCESS_LINE.finditer(server.log_text(log_from)) if m]
-        result.http_requests = len(statuses)
-        result.http_errors = sum(1 for s in statuses if s >= 400)
+        requests = server.requests_since(log_from)
+        result.http_requests = len(requests)
+        result.http_errors = sum(1 for _, _, status in requests if status >= 400)
         result.worker_restarts = server.worker_restarts() - restarts_before
     for thread in threads:
         thread.join(300)
@@ -702,6 +702,7 @@ class Bench:
     meter: Meter
     work: Path
     rows: list[dict[str, Any]] = field(default_factory=list)
+    source_sha256: str = ""
 
     def order(self, row_index: int) -> list[str]:
         """The three systems, rotated by one per row so that none is always measured first."""
@@ -731,53 +732,122 @@ class Bench:
         self.rows.append(row)
         return row
 
+    def _transfer(
+        self, name: str, op: str, source: Path, size: int, ref: str, *, presigned: bool = False
+    ) -> tuple[str, dict[str, Any]]:
+        """One upload (returns the reference to download) or one download (checked) on one system."""
+        system = self.systems[name]
+        server = self.mlflow_servers.get(name)
+        dest, cache = self.work / f"download-{name}", self.work / f"cache-{name}"
+        for leftover in (dest, cache):
+            shutil.rmtree(leftover, ignore_errors=True)
+        restarts = server.worker_restarts() if server else 0
+        log_from = server.log_size() if server else 0
+        self.meter.start()
+        began = time.perf_counter()
+        if op == "upload":
+            ref = system.upload(ARTIFACT_MODEL, source)
+            got = None
+        elif presigned:
+            assert isinstance(system, ModelregSystem)
+            got = system.download(ref, dest, cache, presigned=True)
+        else:
+            got = system.download(ref, dest, cache)
+        seconds = time.perf_counter() - began
+        meter = self.meter.stop()
+        if got is not None and _sha256(got) != self.source_sha256:
+            raise RuntimeError(f"{name} downloaded different bytes")
+        for leftover in (dest, cache):
+            shutil.rmtree(leftover, ignore_errors=True)
+        figures: dict[str, Any] = {
+            "seconds": round(seconds, 2),
+            "mb_s": round(size / seconds / 1e6, 1),
+            "cpu_s": {
+                "client": meter.get("client_cpu_s"),
+                "server": meter.get(f"{name}_cpu_s"),
+                "seaweedfs": meter.get("seaweedfs_cpu_s"),
+            },
+        }
+        if server is None:
+            figures["path"] = MODELREG_PATHS["presigned" if presigned else op]
+        else:
+            requests = server.requests_since(log_from)
+            figures["path"] = mlflow_path(op, requests)
+            figures["http_requests"] = dict(Counter(f"{m} {_endpoint(p)}" for m, p, _ in requests))
+            figures["worker_restarts"] = server.worker_restarts() - restarts
+        variant = " (presigned option)" if presigned else ""
+        log(f"{op} {SHORT[name]}{variant}: {figures['mb_s']} MB/s, {figures['path']}")
+        return ref, figures
+
     def transfer_rows(self, source: Path, size: int) -> None:
-        """One upload and one download per system."""
+        """One upload and one download per system (modelreg also downloads once with presigned URLs)."""
         refs: dict[str, str] = {}
-        expected = _sha256(source)
+        self.source_sha256 = _sha256(source)
         for op in ("upload", "download"):
             row: dict[str, Any] = {"op": op, "clients": 1, "unit": "MB/s", "size_mib": size // MiB}
             for name in self.order(len(self.rows)):
-                system = self.systems[name]
-                server = self.mlflow_servers.get(name)
-                dest = self.work / f"download-{name}"
-                cache = self.work / f"cache-{name}"
-                shutil.rmtree(dest, ignore_errors=True)
-                shutil.rmtree(cache, ignore_errors=True)
-                restarts = server.worker_restarts() if server else 0
                 log(f"{op} {size // MiB} MiB {SHORT[name]} ...")
-                self.meter.start()
-                began = time.perf_counter()
-                if op == "upload":
-                    model = ARTIFACT_MODEL
-                    refs[name] = system.upload(model, source)
-                    got = None
-                else:
-                    got = system.download(refs[name], dest, cache)
-                seconds = time.perf_counter() - began
-                meter = self.meter.stop()
-                if got is not None and _sha256(got) != expected:
-                    raise RuntimeError(f"{name} downloaded different bytes")
-                shutil.rmtree(dest, ignore_errors=True)
-                shutil.rmtree(cache, ignore_errors=True)
-                server_io = meter.get(f"{name}_io_mib", 0.0)
-                # Through the server, it reads and writes every byte once; with presigned URLs, none.
-                path = (
-                    "through the server" if server_io >= 0.9 * size / MiB else "direct to S3 (presigned URLs)"
+                refs[name], row[name] = self._transfer(name, op, source, size, refs.get(name, ""))
+            if op == "download":
+                # Not the default path, so not in the ratio: what the SDK's opt-in presigned download does.
+                _, row[MODELREG]["presigned_option"] = self._transfer(
+                    MODELREG, op, source, size, refs[MODELREG], presigned=True
                 )
-                row[name] = {
-                    "seconds": round(seconds, 2),
-                    "mb_s": round(size / seconds / 1e6, 1),
-                    "path": path,
-                    "server_io_mib": server_io,
-                    "server_cpu_s": meter.get(f"{name}_cpu_s"),
-                    "client_cpu_s": meter.get("client_cpu_s"),
-                    "seaweedfs_cpu_s": meter.get("seaweedfs_cpu_s"),
-                    **({"worker_restarts": server.worker_restarts() - restarts} if server else {}),
-                }
-                log(f"{op} {SHORT[name]}: {row[name]['mb_s']} MB/s in {seconds:.1f} s, {path}")
             row["ratio_throughput"] = _ratios(row, "mb_s")
             self.rows.append(row)
+
+    def health_floor(self, seconds: float) -> dict[str, Any]:
+        """MLflow's HTTP floor: GET /health on one keep-alive connection, 1 client, per MLflow server."""
+        floors: dict[str, Any] = {}
+        for name, server in self.mlflow_servers.items():
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+
+            def health(connection: http.client.HTTPConnection = connection) -> object:
+                connection.request("GET", "/health")
+                response = connection.getresponse()
+                response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"health answered {response.status}")
+                return None
+
+            window = run_closed_loop(lambda _: health, 1, 0.5, seconds, self.meter, server)
+            connection.close()
+            summary = latency_summary(window.latencies_s, window.seconds)
+            floors[name] = {k: summary[k] for k in ("ops", "throughput_per_s", "p50_ms", "p99_ms")}
+            log(f"GET /health keep-alive {SHORT[name]}: p50 {summary['p50_ms']} ms")
+        return floors
+
+
+MODELREG_PATHS = {
+    "upload": "through the registry (UploadBlob gRPC stream, the only upload path)",
+    "download": "through the registry (DownloadBlob gRPC stream, the SDK default)",
+    "presigned": "direct from S3 (presigned URL from GetBlobDownloadUrl, use_presigned_urls=True)",
+}
+
+
+def _endpoint(path: str) -> str:
+    """An access-log path without run ids, file names and query: the endpoint it hit."""
+    path = path.partition("?")[0]
+    for prefix in ("/api/2.0/mlflow-artifacts/presigned", "/api/2.0/mlflow-artifacts/artifacts"):
+        if path.startswith(prefix + "/"):
+            return prefix + "/..."
+    return path
+
+
+def mlflow_path(op: str, requests: Sequence[tuple[str, str, int]]) -> str:
+    """Which way MLflow's client moved the bytes, from the tracking server's access log."""
+    endpoints = {(method, _endpoint(path)) for method, path, _ in requests}
+    if op == "upload":
+        if any(path.endswith("/mpu/create") for _, path in endpoints):
+            return "direct to S3 (presigned multipart upload; the server only signs)"
+        if ("PUT", "/api/2.0/mlflow-artifacts/artifacts/...") in endpoints:
+            return "through the tracking server (proxied PUT)"
+    else:
+        if ("GET", "/api/2.0/mlflow-artifacts/presigned/...") in endpoints:
+            return "direct from S3 (presigned URL, ranged GETs; the server only signs)"
+        if ("GET", "/api/2.0/mlflow-artifacts/artifacts/...") in endpoints:
+            return "through the tracking server (proxied GET)"
+    return f"unknown ({sorted(endpoints)})"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -823,7 +893,11 @@ def table(rows: Sequence[Mapping[str, Any]]) -> str:
             _times(ratios["vs_best_mlflow"]),
         ))  # fmt: skip
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines)
+    text = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+    for row in rows:
+        if row["unit"] == "MB/s":
+            text.extend(f"  {row['op']} path, {SHORT[s]}: {row[s]['path']}" for s in SYSTEMS)
+    return "\n".join(text)
 
 
 def targets(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -871,6 +945,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _quiet_mlflow() -> None:
+    import mlflow  # configures its loggers on import; quieten them afterwards
+
+    del mlflow
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="mlflow")
@@ -937,9 +1014,8 @@ def main(argv: list[str] | None = None) -> int:
                 stack.callback(server.stop)
                 log(f"starting {SHORT[name]}: {' '.join(server.argv)}")
                 server.wait_ready()
-                log(
-                    f"{SHORT[name]} ready in {server.startup_s} s ({server.worker_restarts()} worker restarts)"
-                )
+                restarts = server.worker_restarts()
+                log(f"{SHORT[name]} ready in {server.startup_s} s ({restarts} worker restarts)")
                 mlflow_servers[name] = server
 
             modelreg = ModelregSystem(registry_server.address, token)
@@ -970,6 +1046,7 @@ def main(argv: list[str] | None = None) -> int:
                 groups[f"{name}_jobs"] = server.job_pids
                 groups[f"{name}_db"] = _backends_of(server.database)
             bench = Bench(args, systems, mlflow_servers, Meter(groups), work)
+            health = bench.health_floor(min(args.seconds, 5.0))
             for op in args.op_list:
                 for concurrency in args.concurrency_levels:
                     bench.catalog_row(op, concurrency)
@@ -983,7 +1060,9 @@ def main(argv: list[str] | None = None) -> int:
                 servers_info[name] = {
                     "argv": server.argv,
                     "startup_seconds": server.startup_s,
+                    "workers_up_at_start": server.workers_started,
                     "worker_restarts_total": server.worker_restarts(),
+                    "health_keepalive": health[name],
                     "processes_at_end": {
                         "server": len(server.server_pids()),
                         "job_runner": len(server.job_pids()),

@@ -26,6 +26,8 @@ from modelreg.v1 import (
     lifecycle_service_pb2_grpc,
     model_registry_service_pb2,
     model_registry_service_pb2_grpc,
+    signing_service_pb2,
+    signing_service_pb2_grpc,
     webhook_service_pb2,
     webhook_service_pb2_grpc,
 )
@@ -36,6 +38,7 @@ from modelreg_server.api.governance_servicer import GovernanceServicer
 from modelreg_server.api.lifecycle_servicer import LifecycleServicer
 from modelreg_server.api.registry_servicer import RegistryServicer
 from modelreg_server.api.serving_servicer import ServingServicer
+from modelreg_server.api.signing_servicer import SigningServicer
 from modelreg_server.api.webhook_convert import render_event
 from modelreg_server.api.webhook_servicer import WebhookServicer
 from modelreg_server.config import Settings
@@ -51,6 +54,7 @@ from modelreg_server.domain.lifecycle import Lifecycle
 from modelreg_server.domain.pagination import PageTokenCodec
 from modelreg_server.domain.resolve_cache import ModelScopedCache
 from modelreg_server.domain.serving import Serving
+from modelreg_server.domain.signing import Signing
 from modelreg_server.domain.ssrf import SsrfGuard
 from modelreg_server.domain.webhook_sender import WebhookSender
 from modelreg_server.domain.webhook_worker import WebhookWorker
@@ -68,6 +72,7 @@ SERVICE_NAMES = (
     access_service_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
     governance_service_pb2.DESCRIPTOR.services_by_name["GovernanceService"].full_name,
     webhook_service_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
+    signing_service_pb2.DESCRIPTOR.services_by_name["SigningService"].full_name,
 )
 
 
@@ -189,6 +194,9 @@ async def serve(settings: Settings) -> int:
     )
     webhooks = Webhooks(db, tokens, ssrf_guard, render_event, on_change=webhook_worker.wake)
     webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(webhooks, access), server)
+    signing_service_pb2_grpc.add_SigningServiceServicer_to_server(
+        SigningServicer(Signing(db, tokens, artifacts), access), server
+    )
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs lacks aio
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

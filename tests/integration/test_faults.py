@@ -22,10 +22,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import asyncpg
 import grpc
@@ -44,7 +44,7 @@ from modelreg.v1.lifecycle_service_pb2_grpc import ServingServiceStub
 from modelreg.v1.model_registry_service_pb2_grpc import ModelRegistryServiceStub
 from modelreg_server.devstack import EmbeddedPostgres, SeaweedS3
 from modelreg_server.storage.blobstore import BLOB_PREFIX, STAGING_PREFIX, blob_key
-from tests.support.packages import chunks_of, header, publish, sha, upload
+from tests.support.packages import chunks_of, header, publish, sha
 from tests.support.rpc import channel as open_channel
 from tests.support.rpc import fails
 from tests.support.server import ServerProcess
@@ -90,14 +90,15 @@ def bootstrap_admin(database_url: str) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
-@contextlib.contextmanager
-def fresh_database() -> Iterator[str]:
+@contextlib.asynccontextmanager
+async def fresh_database() -> AsyncIterator[str]:
     """A database of its own on the shared PostgreSQL server, dropped afterwards."""
-    databases = provision_database()
+    databases = provision_database()  # runs its own event loops: keep it off this one
+    url = await asyncio.to_thread(next, databases)
     try:
-        yield next(databases)
+        yield url
     finally:
-        next(databases, None)  # runs the generator's clean-up: DROP DATABASE
+        await asyncio.to_thread(next, databases, None)  # the generator's clean-up: DROP DATABASE
 
 
 def s3_env(s3: SeaweedS3, bucket: str) -> dict[str, str]:
@@ -132,10 +133,15 @@ async def eventually(
         await asyncio.sleep(0.05)
 
 
-def health(address: str) -> int:
-    """The overall health status the server reports (its health service lives in memory)."""
+# Readiness is reported per service; "" is liveness and stays SERVING while the process runs.
+READINESS: str = registry_pb.DESCRIPTOR.services_by_name["ModelRegistryService"].full_name
+
+
+def health(address: str, service: str = READINESS) -> int:
+    """The health status the server reports for a service (its health service lives in memory)."""
     with grpc.insecure_channel(address) as chan:
-        response = health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        request = health_pb2.HealthCheckRequest(service=service)
+        response = health_pb2_grpc.HealthStub(chan).Check(request, timeout=5)
     return int(response.status)
 
 
@@ -272,9 +278,12 @@ class Load:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        # A writer still retrying its request id after `timeout` gives up (its id stays unacknowledged).
         self._abandon.set()
+        for thread in self._threads:
+            thread.join(CALL_TIMEOUT + 1)
         stuck = [t.name for t in self._threads if t.is_alive()]
-        assert not stuck, f"load threads did not finish within {timeout}s: {stuck}"
+        assert not stuck, f"load threads did not stop: {stuck}"
 
     def snapshot(self) -> list[Call]:
         """The calls recorded so far."""
@@ -348,6 +357,7 @@ def test_postgres_outage_under_load_recovers_without_losing_or_duplicating_write
 
                 wait_for(outage_felt, "writes and reads to fail during the outage")
                 assert health(server.address) == NOT_SERVING
+                assert health(server.address, service="") == SERVING, "liveness must not follow the database"
 
                 up = time.monotonic()
                 own_postgres.start()
@@ -441,7 +451,7 @@ class Stack:
 @contextlib.asynccontextmanager
 async def stack(s3: SeaweedS3, log_dir: Path) -> AsyncIterator[Stack]:
     """A fresh database and bucket, their admin, and one server on them."""
-    with fresh_database() as database_url:
+    async with fresh_database() as database_url:
         token = await asyncio.to_thread(bootstrap_admin, database_url)
         bucket = f"faults-{secrets.token_hex(4)}"
         env = {
@@ -456,42 +466,76 @@ async def stack(s3: SeaweedS3, log_dir: Path) -> AsyncIterator[Stack]:
             await asyncio.to_thread(server.stop)
 
 
+def blocking_upload(
+    address: str, token: str, stream: Iterable[pb.UploadBlobRequest]
+) -> tuple[Code, pb.UploadBlobResponse | None]:
+    """One UploadBlob call with the blocking API: (status, response).
+
+    grpc.aio would report a stream the server ends before the client half-closes as INTERNAL "Internal error
+    from Core" (grpc/grpc#36066) instead of the server's status; the blocking API reports the status.
+    """
+    with grpc.insecure_channel(address) as chan:
+        stub = ArtifactServiceStub(chan)
+        try:
+            response = stub.UploadBlob(
+                iter(stream), timeout=RECOVERY + PROMPT, metadata=(("authorization", f"Bearer {token}"),)
+            )
+        except grpc.RpcError as err:
+            return cast(grpc.Call, err).code(), None
+    return Code.OK, response
+
+
+def held_back(data: bytes, release_after: int, gate: threading.Event) -> Iterator[pb.UploadBlobRequest]:
+    """An upload stream that pauses after `release_after` bytes until `gate` is set."""
+    yield header(sha(data), len(data))
+    yield from (pb.UploadBlobRequest(chunk=c) for c in chunks_of(data[:release_after]))
+    if gate.wait(RECOVERY):
+        yield from (pb.UploadBlobRequest(chunk=c) for c in chunks_of(data[release_after:]))
+
+
 async def test_s3_outage_mid_upload_is_unavailable_leaves_nothing_and_metadata_keeps_serving(
     own_s3: RestartableS3, tmp_path: Path
 ) -> None:
     async with stack(own_s3.server, tmp_path) as env, open_channel(env.server.address, env.token) as channel:
+        address, token = env.server.address, env.token
         artifacts: ArtifactServiceAsyncStub = ArtifactServiceStub(channel)
         registry: ModelRegistryServiceAsyncStub = ModelRegistryServiceStub(channel)
         serving: ServingServiceAsyncStub = ServingServiceStub(channel)
         package, _ = await publish(artifacts, {"weights.bin": os.urandom(1000)})
-        with Registry(env.server.address, token=env.token, timeout=CALL_TIMEOUT) as admin:
+        with Registry(address, token=token, timeout=CALL_TIMEOUT) as admin:
             model = admin.create_model("s3-outage").name
             admin.create_model_version(model, artifact_digest=package)
             admin.set_alias(model, "champion", 1)
 
         data = os.urandom(3 * PART)
         digest = sha(data)
-        call = open_upload(artifacts)
-        await call.write(header(digest, len(data)))
-        await write_all(call, data[: 2 * PART])
+        gate = threading.Event()
+        upload = asyncio.ensure_future(
+            asyncio.to_thread(blocking_upload, address, token, held_back(data, 2 * PART, gate))
+        )
+        try:
 
-        async def part_committed() -> bool:
-            return await committed_bytes(env.database_url, "expected_digest = $1", digest) > 0
+            async def part_committed() -> bool:
+                return await committed_bytes(env.database_url, "expected_digest = $1", digest) > 0
 
-        await eventually(part_committed, "a part of the upload to be committed")
-
-        await asyncio.to_thread(own_s3.stop)
+            await eventually(part_committed, "a part of the upload to be committed")
+            await asyncio.to_thread(own_s3.stop)
+        finally:
+            gate.set()
         stopped = time.monotonic()
-        await write_all(call, data[2 * PART :])
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            await call.done_writing()
-        failure = await fails(asyncio.wait_for(call, PROMPT))
-        assert failure.code == Code.UNAVAILABLE, failure
-        assert time.monotonic() - stopped < PROMPT
-        small = await fails(upload(artifacts, b"written while S3 is down"))
-        assert small.code == Code.UNAVAILABLE, small
+        code, _ = await asyncio.wait_for(upload, RECOVERY)
+        assert code == Code.UNAVAILABLE
+        assert time.monotonic() - stopped < PROMPT, "the upload did not fail promptly"
+        small = b"written while S3 is down"
+        code, _ = await asyncio.to_thread(
+            blocking_upload,
+            address,
+            token,
+            [header(sha(small), len(small)), pb.UploadBlobRequest(chunk=small)],
+        )
+        assert code == Code.UNAVAILABLE
 
-        # Metadata lives in PostgreSQL and keeps serving; health follows PostgreSQL only.
+        # Metadata lives in PostgreSQL and keeps serving; readiness follows PostgreSQL only.
         got = await registry.GetModel(registry_pb.GetModelRequest(name=model), timeout=5)
         assert got.latest_version == 1
         listed = await registry.ListModelVersions(
@@ -502,7 +546,7 @@ async def test_s3_outage_mid_upload_is_unavailable_leaves_nothing_and_metadata_k
             lifecycle_pb.ResolveAliasRequest(name=f"{model}/aliases/champion"), timeout=5
         )
         assert (resolved.version, resolved.artifact_digest) == (1, package)
-        assert await asyncio.to_thread(health, env.server.address) == SERVING
+        assert await asyncio.to_thread(health, address) == SERVING
         missing = await fails(artifacts.StatBlob(pb.StatBlobRequest(digest=digest), timeout=5))
         assert missing.code == Code.NOT_FOUND
 
@@ -515,13 +559,13 @@ async def test_s3_outage_mid_upload_is_unavailable_leaves_nothing_and_metadata_k
         found = await artifacts.FindMissingBlobs(pb.FindMissingBlobsRequest(digests=[digest, package]))
         assert list(found.missing_digests) == [digest]
 
-        # The same server stores and serves again once S3 is back.
+        # The same server process stores and serves again once S3 is back.
+        whole = [header(digest, len(data)), *(pb.UploadBlobRequest(chunk=c) for c in chunks_of(data))]
+
         async def uploads_again() -> bool:
-            try:
-                return (await upload(artifacts, data)).digest == digest
-            except grpc.aio.AioRpcError as err:
-                assert err.code() == Code.UNAVAILABLE, err
-                return False
+            code, response = await asyncio.to_thread(blocking_upload, address, token, whole)
+            assert code in (Code.OK, Code.UNAVAILABLE), code
+            return response is not None and response.digest == digest
 
         await eventually(uploads_again, "an upload to succeed after S3 returned")
         assert await download(artifacts, digest) == data

@@ -22,6 +22,7 @@ import collections
 import contextlib
 import functools
 import importlib
+import itertools
 import math
 import pkgutil
 import random
@@ -31,7 +32,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
@@ -79,7 +80,7 @@ CALL_DEADLINE = 10.0
 # A streaming call must deliver a message or its status within this long (heartbeats are every 0.5 s).
 READ_WAIT = 5.0
 # Examples per RPC. Derandomized: the same inputs on every run, so a failure reproduces and CI is stable.
-EXAMPLES_PER_RPC = 25
+EXAMPLES_PER_RPC = 20
 # Garbage on the wire.
 GARBAGE_CONNECTIONS = 60
 HALF_OPEN_CONNECTIONS = 200
@@ -566,36 +567,74 @@ async def _read_some(call: Any, limit: int) -> tuple[Code, str, bool]:
     return Code.OK, "stream alive; cancelled by the test", False
 
 
-async def invoke(channel: grpc.aio.Channel, method: MethodDescriptor, requests: Sequence[Message]) -> Outcome:
-    """Calls `method` with the request(s); never raises for a status."""
-    response_class = _message_class(method.output_type)
-    path = _path(method)
-    started = time.monotonic()
-    call: Any
-    try:
-        if method.server_streaming:
-            if method.client_streaming:
-                call = channel.stream_stream(path, _serialize, response_class.FromString)(
-                    iter(requests), timeout=CALL_DEADLINE
-                )
-            else:
-                call = channel.unary_stream(path, _serialize, response_class.FromString)(
-                    requests[0], timeout=CALL_DEADLINE
-                )
-            code, details, stalled = await _read_some(call, 2)
-            return Outcome(code, details, time.monotonic() - started, stalled)
-        if method.client_streaming:
-            call = channel.stream_unary(path, _serialize, response_class.FromString)(
-                iter(requests), timeout=CALL_DEADLINE
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+class Client:
+    """Both gRPC stacks on one address: grpc.aio for most calls, the blocking API for client streams.
+
+    grpc.aio reports a client stream that the server ends before the client half-closes as INTERNAL
+    "Internal error from Core" instead of the server's status (grpc/grpc#36066); the blocking API reports
+    the server's status. Create it inside the event loop that will use it.
+    """
+
+    def __init__(self, address: str, token: str) -> None:
+        self.channel = open_channel(address, token)
+        self.blocking = grpc.insecure_channel(address)
+        self.metadata = (("authorization", f"Bearer {token}"),)
+
+    async def close(self) -> None:
+        """Closes both channels."""
+        await self.channel.close(None)
+        self.blocking.close()
+
+    async def invoke(
+        self, method: MethodDescriptor, requests: Sequence[Message | bytes], *, raw: bool = False
+    ) -> Outcome:
+        """Calls `method` with the request(s) (bytes when `raw`); never raises for a status."""
+        serialize: Callable[[Any], bytes] = _identity if raw else _serialize
+        deserialize: Callable[[bytes], Any] = (
+            _identity if raw else _message_class(method.output_type).FromString
+        )
+        path = _path(method)
+        started = time.monotonic()
+        call: Any
+        try:
+            if method.client_streaming and not method.server_streaming:
+                return await asyncio.to_thread(self._stream_unary, path, serialize, deserialize, requests)
+            if method.server_streaming:
+                if method.client_streaming:
+                    call = self.channel.stream_stream(path, serialize, deserialize)(
+                        iter(requests), timeout=CALL_DEADLINE
+                    )
+                else:
+                    call = self.channel.unary_stream(path, serialize, deserialize)(
+                        requests[0], timeout=CALL_DEADLINE
+                    )
+                code, details, stalled = await _read_some(call, 2)
+                return Outcome(code, details, time.monotonic() - started, stalled)
+            await self.channel.unary_unary(path, serialize, deserialize)(requests[0], timeout=CALL_DEADLINE)
+        except grpc.aio.AioRpcError as err:
+            return Outcome(err.code(), err.details() or "", time.monotonic() - started)
+        return Outcome(Code.OK, "", time.monotonic() - started)
+
+    def _stream_unary(
+        self,
+        path: str,
+        serialize: Callable[[Any], bytes],
+        deserialize: Callable[[bytes], Any],
+        requests: Sequence[Message | bytes],
+    ) -> Outcome:
+        started = time.monotonic()
+        try:
+            self.blocking.stream_unary(path, serialize, deserialize)(
+                iter(requests), timeout=CALL_DEADLINE, metadata=self.metadata
             )
-        else:
-            call = channel.unary_unary(path, _serialize, response_class.FromString)(
-                requests[0], timeout=CALL_DEADLINE
-            )
-        await call
-    except grpc.aio.AioRpcError as err:
-        return Outcome(err.code(), err.details() or "", time.monotonic() - started)
-    return Outcome(Code.OK, "", time.monotonic() - started)
+        except grpc.RpcError as err:
+            failed = cast(grpc.Call, err)
+            return Outcome(failed.code(), failed.details() or "", time.monotonic() - started)
+        return Outcome(Code.OK, "", time.monotonic() - started)
 
 
 def _describe(requests: Sequence[Message]) -> str:
@@ -643,7 +682,7 @@ class Hostile:
     server: ServerProcess
     token: str
     runner: asyncio.Runner
-    channel: grpc.aio.Channel
+    client: Client
     registered: frozenset[str]
     strategies: RequestStrategies
     refused_seeds: list[str]
@@ -655,7 +694,7 @@ class Hostile:
 
     def call(self, method: MethodDescriptor, requests: Sequence[Message]) -> Outcome:
         """One hostile call to the main server."""
-        outcome: Outcome = self.run(invoke(self.channel, method, requests))
+        outcome: Outcome = self.run(self.client.invoke(method, requests))
         return outcome
 
     def start_server(self, name: str) -> ServerProcess:
@@ -663,8 +702,8 @@ class Hostile:
         return ServerProcess(self.env, self.log_dir / f"{name}.log")
 
 
-async def _open(address: str, token: str) -> grpc.aio.Channel:
-    return open_channel(address, token)
+async def _client(address: str, token: str) -> Client:
+    return Client(address, token)
 
 
 async def _registered_services(channel: grpc.aio.Channel) -> frozenset[str]:
@@ -1020,13 +1059,13 @@ def hostile(s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             "MODELREG_WEBHOOK_MAX_ATTEMPTS": "1",
         }
         server = ServerProcess(env, log_dir / "server.log")
-        channel: grpc.aio.Channel = runner.run(_open(server.address, token))
-        registered: frozenset[str] = runner.run(_registered_services(channel))
+        client: Client = runner.run(_client(server.address, token))
+        registered: frozenset[str] = runner.run(_registered_services(client.channel))
         corpus, refused = runner.run(_seed(server.address, token))
         yield Hostile(
-            env, server, token, runner, channel, registered, RequestStrategies(corpus), refused, log_dir
+            env, server, token, runner, client, registered, RequestStrategies(corpus), refused, log_dir
         )
-        runner.run(channel.close(None))
+        runner.run(client.close())
     finally:
         runner.close()
         if server is not None:
@@ -1044,11 +1083,10 @@ def test_every_registered_service_is_generated(hostile: Hostile) -> None:
     assert ours <= generated, f"registered but without generated stubs: {sorted(ours - generated)}"
 
 
-def test_seeding_covers_every_registered_service(hostile: Hostile) -> None:
-    templated = set(hostile.strategies.corpus.templates)
-    services = {m.containing_service for m in METHODS if m.containing_service.full_name in hostile.registered}
-    without = [s.full_name for s in services if not {m.input_type.full_name for m in s.methods} & templated]
-    assert without == [], f"no seeded request for {without}; refused seeds: {hostile.refused_seeds}"
+def test_seed_requests_are_accepted(hostile: Hostile) -> None:
+    # The corpus is only as good as its seeds: a refused seed is either a stale seed or a server regression.
+    assert hostile.refused_seeds == []
+    assert len(hostile.strategies.corpus.templates) >= 50
 
 
 @pytest.mark.parametrize("method", FUZZ_ORDER, ids=_method_id)
@@ -1070,7 +1108,7 @@ def test_hostile_requests_get_a_deliberate_status(hostile: Hostile, method: Meth
     assert codes - {Code.RESOURCE_EXHAUSTED, Code.UNAVAILABLE}, f"only {codes}"
 
 
-def _oversize(method: MethodDescriptor) -> bytes:
+def _oversize() -> bytes:
     """A request over the 4 MiB receive limit: an unknown length-delimited field of 5 MiB."""
     payload = b"x" * (5 * MiB)
     tag = (19_000 << 3) | 2  # field 19000, wire type LEN: unknown to every message here
@@ -1086,39 +1124,14 @@ def _oversize(method: MethodDescriptor) -> bytes:
     return varint(tag) + varint(len(payload)) + payload
 
 
-async def _send_oversize(channel: grpc.aio.Channel, method: MethodDescriptor) -> Code:
-    body = _oversize(method)
-    path = _path(method)
-
-    def raw(data: bytes) -> bytes:
-        return data
-
-    try:
-        if method.server_streaming:
-            stream = (
-                channel.stream_stream(path, raw, raw)(iter([body]), timeout=CALL_DEADLINE)
-                if method.client_streaming
-                else channel.unary_stream(path, raw, raw)(body, timeout=CALL_DEADLINE)
-            )
-            async for _ in stream:
-                break
-            stream.cancel()
-            return Code.OK
-        if method.client_streaming:
-            await channel.stream_unary(path, raw, raw)(iter([body]), timeout=CALL_DEADLINE)
-        else:
-            await channel.unary_unary(path, raw, raw)(body, timeout=CALL_DEADLINE)
-    except grpc.aio.AioRpcError as err:
-        return err.code()
-    return Code.OK
-
-
 def test_oversize_requests_are_refused_by_size(hostile: Hostile) -> None:
     # The limit is the transport's, before any handler: one method per service and every streaming one.
     registered = [m for m in METHODS if m.containing_service.full_name in hostile.registered]
     firsts = {m.containing_service.full_name: m for m in reversed(registered)}
     targets = [*firsts.values(), *(m for m in registered if m.client_streaming or m.server_streaming)]
-    codes = {_method_id(m): hostile.run(_send_oversize(hostile.channel, m)) for m in targets}
+    body = _oversize()
+    outcomes = {_method_id(m): hostile.run(hostile.client.invoke(m, [body], raw=True)) for m in targets}
+    codes = {name: outcome.code for name, outcome in outcomes.items()}
     assert {name: code for name, code in codes.items() if code != Code.RESOURCE_EXHAUSTED} == {}
     assert hostile.server.proc.poll() is None
 
@@ -1129,16 +1142,16 @@ def test_oversize_requests_are_refused_by_size(hostile: Hostile) -> None:
 def _corpus(
     strategies: RequestStrategies, methods: Sequence[MethodDescriptor]
 ) -> list[tuple[int, list[Message]]]:
-    """A derandomized pool of hostile calls over every method: (index into methods, requests)."""
+    """A derandomized pool of hostile calls, every method in turn: (index into methods, requests)."""
     pool: list[tuple[int, list[Message]]] = []
-    indexed = st.sampled_from(range(len(methods))).flatmap(
-        lambda i: st.tuples(st.just(i), _requests_for(methods[i], strategies))
-    )
+    turns = itertools.count()
 
-    @settings(HYPOTHESIS, max_examples=150, phases=(Phase.generate,))
-    @given(batch=st.lists(indexed, min_size=3, max_size=6))
-    def collect(batch: list[tuple[int, list[Message]]]) -> None:
-        pool.extend(batch)
+    @settings(HYPOTHESIS, max_examples=100, phases=(Phase.generate,))
+    @given(data=st.data())
+    def collect(data: st.DataObject) -> None:
+        for _ in range(5):
+            index = next(turns) % len(methods)
+            pool.append((index, data.draw(_requests_for(methods[index], strategies))))
 
     collect()
     return pool
@@ -1154,23 +1167,26 @@ async def _hammer(
     """Replays the pool round-robin until `count` calls were made, 16 at a time; returns the bad ones."""
     bad: list[tuple[MethodDescriptor, list[Message], Outcome]] = []
     gate = asyncio.Semaphore(16)
-    async with open_channel(address, token) as channel:
+    client = Client(address, token)
 
-        async def one(i: int) -> None:
-            index, requests = pool[i % len(pool)]
-            async with gate:
-                outcome = await invoke(channel, methods[index], requests)
-            if outcome.code in FORBIDDEN or outcome.stalled or outcome.code == Code.DEADLINE_EXCEEDED:
-                bad.append((methods[index], requests, outcome))
+    async def one(i: int) -> None:
+        index, requests = pool[i % len(pool)]
+        async with gate:
+            outcome = await client.invoke(methods[index], requests)
+        if outcome.code in FORBIDDEN or outcome.stalled or outcome.code == Code.DEADLINE_EXCEEDED:
+            bad.append((methods[index], requests, outcome))
 
+    try:
         await asyncio.gather(*(one(i) for i in range(count)))
+    finally:
+        await client.close()
     return bad
 
 
 def test_server_memory_stays_flat_under_hostile_calls(hostile: Hostile) -> None:
     methods = [m for m in METHODS if m.containing_service.full_name in hostile.registered]
     pool = _corpus(hostile.strategies, methods)
-    assert len(pool) >= 300
+    assert len(pool) >= 250
     replica = hostile.start_server("memory")
     try:
         warm_up = hostile.run(_hammer(replica.address, hostile.token, methods, pool, len(pool)))
@@ -1183,7 +1199,6 @@ def test_server_memory_stays_flat_under_hostile_calls(hostile: Hostile) -> None:
     failures = [
         f"{_method_id(m)} {o.code.name} {o.details!r}: {_describe(r)[:300]}" for m, r, o in warm_up + bad
     ]
-    Path("/tmp/memfail.txt").write_text("\n\n".join(f"{_method_id(m)} {o.code.name} {o.details!r} {o.elapsed}: {_describe(r)}" for m, r, o in warm_up + bad))
     assert failures == []
     growth = after - before
     assert growth < MEMORY_GROWTH_LIMIT, f"VmRSS grew by {growth / MiB:.1f} MiB over {MEMORY_CALLS} calls"

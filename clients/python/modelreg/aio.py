@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -34,11 +36,14 @@ from modelreg.v1 import lifecycle_service_pb2_grpc as lifecycle_pb2_grpc
 from modelreg.v1 import model_pb2
 from modelreg.v1 import model_registry_service_pb2 as service_pb2
 from modelreg.v1 import model_registry_service_pb2_grpc as service_pb2_grpc
+from modelreg.v1 import signing_service_pb2 as signing_pb2
+from modelreg.v1 import signing_service_pb2_grpc as signing_pb2_grpc
 
 if TYPE_CHECKING:
     from modelreg.v1.artifact_service_pb2_grpc import ArtifactServiceAsyncStub
     from modelreg.v1.lifecycle_service_pb2_grpc import LifecycleServiceAsyncStub, ServingServiceAsyncStub
     from modelreg.v1.model_registry_service_pb2_grpc import ModelRegistryServiceAsyncStub
+    from modelreg.v1.signing_service_pb2_grpc import SigningServiceAsyncStub
 
 __all__ = ["AsyncRegistry", "AsyncWatchStream"]
 
@@ -142,6 +147,7 @@ class AsyncRegistry:
         self._lifecycle: LifecycleServiceAsyncStub = lifecycle_pb2_grpc.LifecycleServiceStub(self._channel)
         self._serving: ServingServiceAsyncStub = lifecycle_pb2_grpc.ServingServiceStub(self._channel)
         self._artifacts: ArtifactServiceAsyncStub = artifact_pb2_grpc.ArtifactServiceStub(self._channel)
+        self._signing: SigningServiceAsyncStub = signing_pb2_grpc.SigningServiceStub(self._channel)
 
     @property
     def address(self) -> str:
@@ -507,12 +513,17 @@ class AsyncRegistry:
         progress: ProgressCallback | None = None,
         parallelism: int = 4,
         use_presigned_urls: bool = False,
+        verify_signature: str | None = None,
     ) -> Path:
         """Download the package of a version into the directory `dest` and return `dest` (see
-        :meth:`modelreg.Registry.download_model`). File work runs in worker threads; `progress` is
-        called on the event loop."""
+        :meth:`modelreg.Registry.download_model`, also for `verify_signature`). File work runs in worker
+        threads; `progress` is called on the event loop."""
         packages.check_parallelism(parallelism)
         cache = packages.open_cache(cache_dir, use_cache)
+        signed: model_pb2.ModelVersion | None = None
+        if verify_signature is not None:
+            signed = await self._signed_version(ref)
+            ref = signed
         manifest = await self._fetch_manifest(
             await self._package_digest(packages.parse_package_ref(ref)), cache
         )
@@ -530,7 +541,68 @@ class AsyncRegistry:
             )
 
         await self._in_parallel(obtain, fetches, parallelism, cancelled)
+        if signed is not None and verify_signature is not None:
+            await self._check_signature(signed.name, root, manifest, verify_signature)
         return root
+
+    async def sign_model(
+        self,
+        version: str | model_pb2.ModelVersion,
+        private_key: bytes | str | os.PathLike[str],
+        key_id: str,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        password: str | bytes | None = None,
+    ) -> signing_pb2.Signature:
+        """Sign a version's package and attach the signature (see :meth:`modelreg.Registry.sign_model`).
+        Hashing and signing run in a worker thread."""
+        from modelreg import signing
+
+        if not isinstance(version, model_pb2.ModelVersion):
+            version = await self._call(self._stub.GetModelVersion, signing.version_request(version))
+        packages.version_digest(version)
+        if path is None:
+            scratch = await asyncio.to_thread(tempfile.mkdtemp, prefix="modelreg-sign-")
+            try:
+                await self.download_model(version, scratch)
+                bundle = await asyncio.to_thread(
+                    signing.sign_package, scratch, private_key, password=password
+                )
+            finally:
+                await asyncio.to_thread(shutil.rmtree, scratch, ignore_errors=True)
+        else:
+            bundle = await asyncio.to_thread(signing.sign_package, path, private_key, password=password)
+        request = signing.attach_signature_request(version.name, key_id, bundle)
+        return await self._call(self._signing.AttachSignature, request)
+
+    async def _signed_version(self, ref: str | model_pb2.ModelVersion) -> model_pb2.ModelVersion:
+        """The version a signature-checked download names (ValueError for a bare digest)."""
+        from modelreg import signing
+
+        name = signing.signed_version_reference(ref)
+        if isinstance(ref, model_pb2.ModelVersion):
+            return ref
+        return await self._call(self._stub.GetModelVersion, signing.version_request(name))
+
+    async def _check_signature(self, version: str, root: Path, manifest: Manifest, key: str) -> None:
+        from modelreg import signing
+
+        key_id = None if signing.is_public_key_pem(key) else key
+        public_key = key
+        if key_id is not None:
+            found = await self._call(self._signing.GetSigningKey, signing.signing_key_request(key_id))
+            public_key = signing.trusted_public_key(found)
+        signatures: list[signing_pb2.Signature] = []
+        token = ""
+        while True:
+            request = signing.list_signatures_request(version, token)
+            page = await self._call(self._signing.ListSignatures, request)
+            signatures.extend(page.signatures)
+            token = page.next_page_token
+            if not token:
+                break
+        files = [(f.path, f.digest) for f in manifest.files]
+        await asyncio.to_thread(signing.check_download, root, version, files, signatures, public_key, key_id)
 
     async def _in_parallel(
         self,

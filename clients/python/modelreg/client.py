@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -34,6 +35,8 @@ from modelreg.v1 import lifecycle_service_pb2_grpc as lifecycle_pb2_grpc
 from modelreg.v1 import model_pb2
 from modelreg.v1 import model_registry_service_pb2 as service_pb2
 from modelreg.v1 import model_registry_service_pb2_grpc as service_pb2_grpc
+from modelreg.v1 import signing_service_pb2 as signing_pb2
+from modelreg.v1 import signing_service_pb2_grpc as signing_pb2_grpc
 
 __all__ = ["Registry", "WatchStream"]
 
@@ -135,6 +138,7 @@ class Registry:
         self._lifecycle = lifecycle_pb2_grpc.LifecycleServiceStub(self._channel)
         self._serving = lifecycle_pb2_grpc.ServingServiceStub(self._channel)
         self._artifacts = artifact_pb2_grpc.ArtifactServiceStub(self._channel)
+        self._signing = signing_pb2_grpc.SigningServiceStub(self._channel)
 
     @property
     def address(self) -> str:
@@ -686,6 +690,7 @@ class Registry:
         progress: ProgressCallback | None = None,
         parallelism: int = 4,
         use_presigned_urls: bool = False,
+        verify_signature: str | None = None,
     ) -> Path:
         """Download the package of a version into the directory `dest` and return `dest`.
 
@@ -713,15 +718,26 @@ class Registry:
             parallelism: Blobs fetched at the same time.
             use_presigned_urls: Fetch blobs over HTTP from presigned URLs (GetBlobDownloadUrl) instead of
                 streaming them through the registry.
+            verify_signature: A signing key id (`release-2025`, looked up in the registry and refused once
+                revoked) or a PEM public key. After the download, a signature of the version by that key
+                must verify, sign exactly the package's files, and match the files written under `dest`
+                (which are hashed again). Needs `pip install 'modelreg[signing]'`; `ref` must name a
+                version or an alias, not a bare digest.
 
         Raises:
-            NotFound: No such version, alias or blob.
-            FailedPrecondition: The version has no artifact (`NO_ARTIFACT`).
-            DataLoss: Bytes that do not match their digest or size, or an invalid or unsafe manifest.
+            NotFound: No such version, alias, blob or signing key.
+            FailedPrecondition: The version has no artifact (`NO_ARTIFACT`), no signature by the key
+                (`SIGNATURE_MISSING`), or the key is revoked (`SIGNING_KEY_REVOKED`).
+            DataLoss: Bytes that do not match their digest or size, an invalid or unsafe manifest, or a
+                signature that does not verify (`SIGNATURE_INVALID`) or match (`SIGNATURE_MISMATCH`).
             OSError: `dest` or the files in it could not be written.
         """
         packages.check_parallelism(parallelism)
         cache = packages.open_cache(cache_dir, use_cache)
+        signed: model_pb2.ModelVersion | None = None
+        if verify_signature is not None:
+            signed = self._signed_version(ref)
+            ref = signed
         manifest = self._fetch_manifest(self._package_digest(packages.parse_package_ref(ref)), cache)
         root = Path(dest)
         root.mkdir(parents=True, exist_ok=True)
@@ -734,7 +750,83 @@ class Registry:
             self._obtain(root, fetch, cache, tracker, cancelled, verify=verify, presigned=use_presigned_urls)
 
         self._in_parallel(obtain, fetches, parallelism, cancelled)
+        if signed is not None and verify_signature is not None:
+            self._check_signature(signed.name, root, manifest, verify_signature)
         return root
+
+    def sign_model(
+        self,
+        version: str | model_pb2.ModelVersion,
+        private_key: bytes | str | os.PathLike[str],
+        key_id: str,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        password: str | bytes | None = None,
+    ) -> signing_pb2.Signature:
+        """Sign a version's package with an ECDSA private key and attach the signature as `key_id`.
+
+        ```python
+        registry.sign_model("fraud/3", Path("release.key").read_bytes(), "release-2025", path="./model")
+        ```
+
+        Args:
+            version: `models/m/versions/3`, `m/3`, an alias (`m@champion`) or a `ModelVersion`.
+            private_key: PEM bytes (or a str starting with `-----BEGIN`), or the path of a PEM file; see
+                :func:`modelreg.signing.sign_package`.
+            key_id: The registered signing key (`signingKeys/{key_id}`) the private key belongs to.
+            path: The package directory that was uploaded; without it the package is downloaded (checked
+                against its digests) into a temporary directory and signed there.
+            password: The private key's password, when it is encrypted.
+
+        Raises:
+            NotFound: No such version or signing key.
+            FailedPrecondition: The version has no artifact, the key is revoked, or the signed files are
+                not the package's (`SIGNATURE_MISMATCH`: `path` holds other files).
+            InvalidArgument: The signature does not verify with the registered key (`SIGNATURE_INVALID`:
+                the private key is not the registered key's).
+            ImportError: model-signing is not installed (`pip install 'modelreg[signing]'`).
+        """
+        from modelreg import signing
+
+        if not isinstance(version, model_pb2.ModelVersion):
+            version = self._call(self._stub.GetModelVersion, signing.version_request(version))
+        packages.version_digest(version)
+        if path is None:
+            with tempfile.TemporaryDirectory(prefix="modelreg-sign-") as scratch:
+                self.download_model(version, scratch)
+                bundle = signing.sign_package(scratch, private_key, password=password)
+        else:
+            bundle = signing.sign_package(path, private_key, password=password)
+        request = signing.attach_signature_request(version.name, key_id, bundle)
+        return self._call(self._signing.AttachSignature, request)
+
+    def _signed_version(self, ref: str | model_pb2.ModelVersion) -> model_pb2.ModelVersion:
+        """The version a signature-checked download names (ValueError for a bare digest)."""
+        from modelreg import signing
+
+        name = signing.signed_version_reference(ref)
+        if isinstance(ref, model_pb2.ModelVersion):
+            return ref
+        return self._call(self._stub.GetModelVersion, signing.version_request(name))
+
+    def _check_signature(self, version: str, root: Path, manifest: Manifest, key: str) -> None:
+        from modelreg import signing
+
+        key_id = None if signing.is_public_key_pem(key) else key
+        public_key = key
+        if key_id is not None:
+            found = self._call(self._signing.GetSigningKey, signing.signing_key_request(key_id))
+            public_key = signing.trusted_public_key(found)
+        signatures: list[signing_pb2.Signature] = []
+        token = ""
+        while True:
+            page = self._call(self._signing.ListSignatures, signing.list_signatures_request(version, token))
+            signatures.extend(page.signatures)
+            token = page.next_page_token
+            if not token:
+                break
+        files = [(f.path, f.digest) for f in manifest.files]
+        signing.check_download(root, version, files, signatures, public_key, key_id)
 
     def _in_parallel(
         self,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractContextManager
@@ -97,23 +98,36 @@ Resp = TypeVar("Resp")
 
 
 _NO_SPAN: AbstractContextManager[None] = contextlib.nullcontext()
-# The installed propagator and the header names it reads, recomputed only when another one is installed.
-_trace_fields: list[tuple[object, frozenset[str]]] = [(None, frozenset())]
 
 
-def _carries_trace(metadata: Iterable[tuple[str, str | bytes]]) -> bool:
-    """Whether the call's metadata holds a header the installed propagators read (e.g. traceparent)."""
-    textmap = propagate.get_global_textmap()
-    known, fields = _trace_fields[0]
-    if known is not textmap:
-        fields = frozenset(textmap.fields)
-        _trace_fields[0] = (textmap, fields)
-    return any(key in fields for key, _ in metadata)
+class _Telemetry:
+    """What the installed OpenTelemetry providers want from each RPC, re-read at most once a second: every
+    read of the global providers looks up environment variables, which costs more than a cached
+    ResolveAlias spends on everything else."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self._interval = interval
+        self._read_at = -math.inf
+        self.tracing = False
+        self.metering = False
+        self.trace_headers: frozenset[str] = frozenset()
+
+    def refresh(self, now: float) -> None:
+        """Re-reads the providers if the last read is older than the interval."""
+        if now - self._read_at < self._interval:
+            return
+        self._read_at = now
+        self.tracing = telemetry.tracer_enabled()
+        self.metering = isinstance(metrics.get_meter_provider(), MeterProvider)
+        self.trace_headers = frozenset(propagate.get_global_textmap().fields)
+
+    def carries_trace(self, metadata: Iterable[tuple[str, str | bytes]]) -> bool:
+        """Whether the call's metadata holds a header the propagators read (e.g. traceparent)."""
+        headers = self.trace_headers
+        return any(key in headers for key, _ in metadata)
 
 
-def _metrics_enabled() -> bool:
-    """Whether a meter provider is installed; without one the RPC instruments record nothing."""
-    return isinstance(metrics.get_meter_provider(), MeterProvider)
+_telemetry = _Telemetry()
 
 
 class _CallScope:
@@ -133,8 +147,9 @@ class _CallScope:
         self.started = time.perf_counter()
         self.code = "OK"
         self.span: Span | None = None
+        _telemetry.refresh(self.started)
         metadata = context.invocation_metadata() or ()
-        if telemetry.tracer_enabled() or _carries_trace(metadata):
+        if _telemetry.tracing or _telemetry.carries_trace(metadata):
             self.span = telemetry.tracer.start_span(
                 self.method,
                 context=telemetry.extract_context(metadata),
@@ -163,7 +178,7 @@ class _CallScope:
         if cancelled:
             self.code = "CANCELLED"
         forget(self.context)
-        if _metrics_enabled():
+        if _telemetry.metering:
             telemetry.record_rpc(self.method, self.code, self.started)
         if self.span is not None:
             self.span.end()

@@ -28,6 +28,8 @@ from modelreg_server.storage.db import Connection, Database
 
 TOKEN_PREFIX = "mr_"
 SERVICE_ACCOUNT = 2
+# What the implied global viewer binding grants, checked before walking the caller's bindings.
+_IMPLIED = ROLE_PERMISSIONS[Role.VIEWER]
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,8 @@ class AccessControl:
     ) -> bool:
         """Whether a binding of the caller grants `permission` (on `model_id`, if given). With `any_scope`
         a binding on any scope will do (blobs belong to no model until a version references them)."""
+        if permission in _IMPLIED:
+            return True  # every authenticated caller holds the viewer role globally (read, resolve, watch)
         label_scopes: list[str] = []
         for role, scope in ((int(Role.VIEWER), ""), *caller.roles):
             if permission not in ROLE_PERMISSIONS[Role(role)]:

@@ -38,6 +38,7 @@ class Permission(enum.StrEnum):
     PROMOTIONS_APPROVE = "modelreg.promotions.approve"  # approve or reject others' promotion requests
     PROMOTIONS_CANCEL_ANY = "modelreg.promotions.cancelAny"  # cancel requests of other principals
     WEBHOOKS_MANAGE = "modelreg.webhooks.manage"  # webhooks, their deliveries, redelivery, replay
+    SIGNING_KEYS_MANAGE = "modelreg.signingKeys.manage"  # register and revoke trusted signing keys
 
 
 _VIEWER = frozenset({Permission.READ})
@@ -61,6 +62,7 @@ _LEAD = _ML_ENGINEER | {
     Permission.AUDIT_READ,
     Permission.WEBHOOKS_MANAGE,
     Permission.PROMOTIONS_APPROVE,
+    Permission.SIGNING_KEYS_MANAGE,
 }
 _ADMIN = frozenset(Permission)
 
@@ -74,4 +76,11 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
 }
 
 # Permissions that only make sense registry-wide: a scoped binding never grants them.
-GLOBAL_ONLY = frozenset({Permission.ACCESS_ADMIN, Permission.AUDIT_READ, Permission.WEBHOOKS_MANAGE})
+GLOBAL_ONLY = frozenset(
+    {
+        Permission.ACCESS_ADMIN,
+        Permission.AUDIT_READ,
+        Permission.WEBHOOKS_MANAGE,
+        Permission.SIGNING_KEYS_MANAGE,
+    }
+)

@@ -32,7 +32,7 @@ class SigningServiceStub:
     envelope over an in-toto statement that lists every file of the package directory with its sha256
     (serialization method `files`, hash `sha256`), signed with ECDSA (P-256, P-384 or P-521). Produce one with
     the SDK (`modelreg.signing.sign_package`, `Registry.sign_model`) or the `model_signing` CLI
-    (`model_signing sign key DIR --private_key KEY --signature OUT` with `--ignore_git_paths` off).
+    (`model_signing sign key DIR --private_key KEY --signature OUT --no-ignore-git-paths`, OUT outside DIR).
 
     The registry trusts the public keys registered here. AttachSignature accepts a bundle only when it
     verifies with the named key, which is not revoked, and the signed files are exactly the version's package
@@ -91,7 +91,7 @@ class SigningServiceServicer:
     envelope over an in-toto statement that lists every file of the package directory with its sha256
     (serialization method `files`, hash `sha256`), signed with ECDSA (P-256, P-384 or P-521). Produce one with
     the SDK (`modelreg.signing.sign_package`, `Registry.sign_model`) or the `model_signing` CLI
-    (`model_signing sign key DIR --private_key KEY --signature OUT` with `--ignore_git_paths` off).
+    (`model_signing sign key DIR --private_key KEY --signature OUT --no-ignore-git-paths`, OUT outside DIR).
 
     The registry trusts the public keys registered here. AttachSignature accepts a bundle only when it
     verifies with the named key, which is not revoked, and the signed files are exactly the version's package
@@ -210,7 +210,7 @@ class SigningService:
     envelope over an in-toto statement that lists every file of the package directory with its sha256
     (serialization method `files`, hash `sha256`), signed with ECDSA (P-256, P-384 or P-521). Produce one with
     the SDK (`modelreg.signing.sign_package`, `Registry.sign_model`) or the `model_signing` CLI
-    (`model_signing sign key DIR --private_key KEY --signature OUT` with `--ignore_git_paths` off).
+    (`model_signing sign key DIR --private_key KEY --signature OUT --no-ignore-git-paths`, OUT outside DIR).
 
     The registry trusts the public keys registered here. AttachSignature accepts a bundle only when it
     verifies with the named key, which is not revoked, and the signed files are exactly the version's package
