@@ -317,11 +317,23 @@ class ListeningProcess:
         self.stop()
 
 
+def _start_off_conventional_port(start: Callable[[], ListeningProcess]) -> ListeningProcess:
+    """Port 0 can land on 50051 (it is inside the ephemeral range), which a developer's server may want."""
+    for _ in range(3):
+        process = start()
+        if not process.address.endswith(":50051"):
+            return process
+        process.stop()
+    raise RuntimeError("the kernel kept handing out port 50051")
+
+
 def start_registry_server(database_url: str, log_path: Path, **settings: str) -> ListeningProcess:
     """`modelreg-server serve` on a free loopback port against `database_url` (extra MODELREG_* env)."""
     env = {"MODELREG_DATABASE_URL": database_url, **settings}
     argv = [sys.executable, "-m", "modelreg_server", "serve", "--listen", "127.0.0.1:0"]
-    return ListeningProcess("modelreg-server", argv, log_path=log_path, env=env)
+    return _start_off_conventional_port(
+        lambda: ListeningProcess("modelreg-server", argv, log_path=log_path, env=env)
+    )
 
 
 def bootstrap_admin_token(database_url: str, work_dir: Path) -> str:
@@ -347,7 +359,7 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 def start_empty_server(payload_dir: Path, log_path: Path) -> ListeningProcess:
     """The reference server of `bench.empty_server`, serving the payloads in `payload_dir`."""
     argv = [sys.executable, "-m", "bench.empty_server", "--payload-dir", str(payload_dir)]
-    return ListeningProcess("empty-server", argv, log_path=log_path)
+    return _start_off_conventional_port(lambda: ListeningProcess("empty-server", argv, log_path=log_path))
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:

@@ -10,6 +10,7 @@ import hashlib
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -22,28 +23,34 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import grpc
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import descriptor_pool, duration_pb2, field_mask_pb2, json_format, timestamp_pb2
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from modelreg.signing import sign_package
 from modelreg.v1 import access_service_pb2 as ac
 from modelreg.v1 import artifact_service_pb2 as ar
 from modelreg.v1 import governance_service_pb2 as gv
 from modelreg.v1 import lifecycle_service_pb2 as lc
 from modelreg.v1 import model_pb2
 from modelreg.v1 import model_registry_service_pb2 as rg
+from modelreg.v1 import signing_service_pb2 as sg
 from modelreg.v1 import webhook_service_pb2 as wh
 from modelreg.v1.access_service_pb2_grpc import AccessServiceStub
 from modelreg.v1.artifact_service_pb2_grpc import ArtifactServiceStub
 from modelreg.v1.governance_service_pb2_grpc import GovernanceServiceStub
 from modelreg.v1.lifecycle_service_pb2_grpc import LifecycleServiceStub, ServingServiceStub
 from modelreg.v1.model_registry_service_pb2_grpc import ModelRegistryServiceStub
+from modelreg.v1.signing_service_pb2_grpc import SigningServiceStub
 from modelreg.v1.webhook_service_pb2_grpc import WebhookServiceStub
 from modelreg_server.app import SERVICE_NAMES
 from modelreg_server.domain.permissions import ROLE_PERMISSIONS, Permission, Role
 from modelreg_server.storage import audit_repo
 from tests.support.access_matrix import MATRIX, ROLES, parse_table, rpc_of
+from tests.support.packages import publish
 from tests.support.rpc import Failure, fails, failure_of
 from tests.support.rpc import channel as open_channel
 from tests.support.server import ServerProcess
@@ -55,6 +62,7 @@ if TYPE_CHECKING:
     from modelreg.v1.governance_service_pb2_grpc import GovernanceServiceAsyncStub
     from modelreg.v1.lifecycle_service_pb2_grpc import LifecycleServiceAsyncStub, ServingServiceAsyncStub
     from modelreg.v1.model_registry_service_pb2_grpc import ModelRegistryServiceAsyncStub
+    from modelreg.v1.signing_service_pb2_grpc import SigningServiceAsyncStub
     from modelreg.v1.webhook_service_pb2_grpc import WebhookServiceAsyncStub
 
 Code = grpc.StatusCode
@@ -64,7 +72,8 @@ TO_CHAMPION = gv.PromotionTarget(alias="champion")
 ROLE_NUMBERS = {name: ac.Role.Value(f"ROLE_{name.upper()}") for name in ROLES}
 # RPCs that change state: each successful call leaves one OK audit event (EVENTS_PER_CALL lists the
 # exceptions). Upload sessions (StartUpload, CancelUpload) are not audited; the blob is, once UploadBlob
-# completes it.
+# completes it. RevokeSigningKey is audited when it revokes (not when the key already was), and
+# VerifySignatures always, as it records each signature's outcome.
 AUDITED = {
     "CreateModel",
     "UpdateModel",
@@ -93,6 +102,10 @@ AUDITED = {
     "DeleteWebhook",
     "RedeliverWebhook",
     "ReplayWebhook",
+    "RegisterSigningKey",
+    "RevokeSigningKey",
+    "AttachSignature",
+    "VerifySignatures",
 }
 # The approval matrix calls execute the move (the model needs one): the approval, the request marked
 # EXECUTED and the stage move, all three as ApprovePromotion.
@@ -113,6 +126,7 @@ class Client:
         self.access: AccessServiceAsyncStub = AccessServiceStub(channel)
         self.governance: GovernanceServiceAsyncStub = GovernanceServiceStub(channel)
         self.webhooks: WebhookServiceAsyncStub = WebhookServiceStub(channel)
+        self.signing: SigningServiceAsyncStub = SigningServiceStub(channel)
 
 
 @contextlib.asynccontextmanager
@@ -216,6 +230,48 @@ async def request_promotion(client: Client, version: str, target: gv.PromotionTa
     return (await client.governance.RequestPromotion(request)).name
 
 
+def ec_key() -> tuple[bytes, str]:
+    """A fresh ECDSA P-256 key pair: the private key (PKCS#8 PEM) and the public key (SPKI PEM)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private, public.decode()
+
+
+async def register_key(admin: Client, key_id: str, public_pem: str) -> str:
+    """Registers a public key and returns its name."""
+    key = await admin.signing.RegisterSigningKey(
+        sg.RegisterSigningKeyRequest(
+            signing_key_id=key_id, signing_key=sg.SigningKey(public_key_pem=public_pem)
+        )
+    )
+    return key.name
+
+
+async def signed_package(admin: Client, model_id: str, private_pem: bytes) -> tuple[str, bytes]:
+    """A new model whose one version has an uploaded package, and a bundle over that package made with
+    `private_pem`; returns the version and the bundle."""
+    files = {"model.onnx": secrets.token_bytes(2048), "conf/labels.txt": b"cat\ndog\n"}
+    digest, _ = await publish(admin.artifacts, files)
+    await admin.registry.CreateModel(rg.CreateModelRequest(model_id=model_id))
+    version = await admin.registry.CreateModelVersion(
+        rg.CreateModelVersionRequest(
+            parent=f"models/{model_id}", model_version=model_pb2.ModelVersion(artifact_digest=digest)
+        )
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        for relative, data in files.items():
+            (root / relative).parent.mkdir(parents=True, exist_ok=True)
+            (root / relative).write_bytes(data)
+        bundle = await asyncio.to_thread(sign_package, root, private_pem)
+    return version.name, bundle
+
+
 async def first_delivery(client: Client, webhook: str, within: float = 30.0) -> wh.WebhookDelivery:
     """A delivery of `webhook`, once the worker has enqueued one (it does so asynchronously)."""
     deadline = time.monotonic() + within
@@ -267,6 +323,11 @@ class Setup:
     delivery: str  # a delivery of `webhook`, to redeliver
     enqueued_revision: int  # of `webhook` once `delivery` existed, to replay from
     doomed_webhook: str  # a paused webhook, to delete
+    new_key_pem: str  # a fresh, unregistered EC public key (PEM), to register
+    signing_key: str  # an admin-registered key, to get; it made `bundle`
+    revocable_key: str  # an admin-registered key, to revoke
+    signed: str  # a version whose package is uploaded, to sign, list and verify the signatures of
+    bundle: bytes  # a bundle by `signing_key` over the package of `signed`, to attach
 
 
 async def prepare(admin: Client, address: str, role: str, run: str, blob: str) -> Setup:
@@ -342,6 +403,12 @@ async def prepare(admin: Client, address: str, role: str, run: str, blob: str) -
         own_request = await request_promotion(user, f"{gated}/versions/3", TO_PRODUCTION)
     if grant is not None:
         await admin.access.DeleteRoleBinding(ac.DeleteRoleBindingRequest(name=grant.name))
+    # Keys are fresh per role: key ids are never reused and a public key is registered only once.
+    _, new_key_pem = ec_key()
+    signer_private, signer_public = ec_key()
+    signing_key = await register_key(admin, f"{principal}-signer", signer_public)
+    revocable_key = await register_key(admin, f"{principal}-revocable", ec_key()[1])
+    signed, bundle = await signed_package(admin, f"{principal}-signed", signer_private)
     delivery = await first_delivery(admin, webhook.name)
     hook = await admin.webhooks.GetWebhook(wh.GetWebhookRequest(name=webhook.name))
     return Setup(
@@ -364,6 +431,11 @@ async def prepare(admin: Client, address: str, role: str, run: str, blob: str) -
         delivery.name,
         hook.enqueued_revision,
         doomed_webhook.name,
+        new_key_pem,
+        signing_key,
+        revocable_key,
+        signed,
+        bundle,
     )
 
 
@@ -387,7 +459,7 @@ def calls(c: Client, s: Setup) -> dict[str, Callable[[], Awaitable[object]]]:
     """One call per MATRIX row, made as the role `s` was prepared for."""
     v1, v2, v3 = (f"{s.model}/versions/{n}" for n in (1, 2, 3))
     reg, life, serving, art, acc = c.registry, c.lifecycle, c.serving, c.artifacts, c.access
-    gov, hooks = c.governance, c.webhooks
+    gov, hooks, sign = c.governance, c.webhooks, c.signing
     own = f"principals/{s.principal}"
     gates = f"{s.gated}/promotionGates"
     return {
@@ -582,6 +654,31 @@ def calls(c: Client, s: Setup) -> dict[str, Callable[[], Awaitable[object]]]:
         "WebhookService.ReplayWebhook": lambda: hooks.ReplayWebhook(
             wh.ReplayWebhookRequest(name=s.webhook, from_revision=s.enqueued_revision)
         ),
+        "SigningService.RegisterSigningKey": lambda: sign.RegisterSigningKey(
+            sg.RegisterSigningKeyRequest(
+                signing_key_id=f"{s.principal}-key", signing_key=sg.SigningKey(public_key_pem=s.new_key_pem)
+            )
+        ),
+        "SigningService.GetSigningKey": lambda: sign.GetSigningKey(
+            sg.GetSigningKeyRequest(name=s.signing_key)
+        ),
+        "SigningService.ListSigningKeys": lambda: sign.ListSigningKeys(
+            sg.ListSigningKeysRequest(page_size=1)
+        ),
+        "SigningService.RevokeSigningKey": lambda: sign.RevokeSigningKey(
+            sg.RevokeSigningKeyRequest(name=s.revocable_key, reason="rotated")
+        ),
+        "SigningService.AttachSignature": lambda: sign.AttachSignature(
+            sg.AttachSignatureRequest(
+                parent=s.signed, key_id=s.signing_key.removeprefix("signingKeys/"), bundle=s.bundle
+            )
+        ),
+        "SigningService.ListSignatures": lambda: sign.ListSignatures(
+            sg.ListSignaturesRequest(parent=s.signed)
+        ),
+        "SigningService.VerifySignatures": lambda: sign.VerifySignatures(
+            sg.VerifySignaturesRequest(name=s.signed)
+        ),
     }
 
 
@@ -620,6 +717,11 @@ async def test_every_rpc_has_a_matrix_row_and_every_row_a_call() -> None:
         "webhooks/w/deliveries/1",
         0,
         "webhooks/d",
+        "",
+        "signingKeys/k",
+        "signingKeys/r",
+        "models/s/versions/1",
+        b"",
     )
     async with grpc.aio.insecure_channel("127.0.0.1:1") as unused:
         assert set(calls(Client(unused), dummy)) == set(MATRIX)

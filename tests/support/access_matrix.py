@@ -93,6 +93,14 @@ MATRIX: dict[str, set[str]] = {
     "WebhookService.ListWebhookDeliveries": set(_LEADS),
     "WebhookService.RedeliverWebhook": set(_LEADS),
     "WebhookService.ReplayWebhook": set(_LEADS),
+    # SigningService
+    "SigningService.RegisterSigningKey": set(_LEADS),
+    "SigningService.GetSigningKey": set(_ALL),
+    "SigningService.ListSigningKeys": set(_ALL),
+    "SigningService.RevokeSigningKey": set(_LEADS),
+    "SigningService.AttachSignature": set(_WRITERS),
+    "SigningService.ListSignatures": set(_ALL),
+    "SigningService.VerifySignatures": set(_WRITERS),
 }
 
 

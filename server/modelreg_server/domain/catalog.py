@@ -318,11 +318,9 @@ class Catalog:
         parent = model_name(model_id) if model_id else "models/-"
         parsed = self._parse_query(query, version_repo.LISTING, DEFAULT_VERSION_ORDER, binding=parent)
 
-        async def work(conn: Connection) -> tuple[list[VersionRecord], list[object] | None]:
-            if model_id is not None:
-                _found_model(await model_repo.get(conn, model_id), model_id)
+        async with self._db.connection() as conn:
             with _filter_errors():
-                return await version_repo.list_page(
+                items, cursor = await version_repo.list_page(
                     conn,
                     model_id=model_id,
                     filter_node=parsed.node,
@@ -330,9 +328,9 @@ class Catalog:
                     after=parsed.after,
                     limit=parsed.limit,
                 )
-
-        # One snapshot for the existence check and the page.
-        items, cursor = await self._db.transact(work, isolation="repeatable_read")
+            # A page with rows proves the model exists; only an empty one needs the second query.
+            if not items and model_id is not None:
+                _found_model(await model_repo.get(conn, model_id), model_id)
         return Page(items, self._next_token(cursor, parsed.binding))
 
     # --- helpers ----------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -39,12 +39,12 @@ def canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def event_hash(prev_hash: bytes, row: AuditRow) -> bytes:
-    """sha256(prev_hash || canonical(content)) for an event's fields."""
-    content = canonical(
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _content(row: AuditRow) -> bytes:
+    return canonical(
         {
-            "id": row.id,
-            "event_time": row.event_time.astimezone(UTC).isoformat(timespec="microseconds"),
             "principal": row.principal,
             "action": row.action,
             "resource": row.resource,
@@ -53,8 +53,16 @@ def event_hash(prev_hash: bytes, row: AuditRow) -> bytes:
             "outcome": row.outcome,
             "details": row.details,
         }
-    )
-    return hashlib.sha256(prev_hash + content.encode()).digest()
+    ).encode()
+
+
+def event_hash(prev_hash: bytes, row: AuditRow) -> bytes:
+    """sha256(prev_hash || "<id>|<event time in epoch microseconds>|" || canonical(content)).
+
+    The id and time are assigned by PostgreSQL inside the appending statement, which computes this same
+    hash there; Python recomputes it to verify the chain."""
+    micros = (row.event_time - _EPOCH) // timedelta(microseconds=1)
+    return hashlib.sha256(prev_hash + f"{row.id}|{micros}|".encode() + _content(row)).digest()
 
 
 def _row(r: asyncpg.Record) -> AuditRow:
@@ -73,6 +81,28 @@ def _row(r: asyncpg.Record) -> AuditRow:
     )
 
 
+# One statement, so the head row stays locked for a single round trip of this transaction: take the next id
+# and the predecessor's hash, hash the new event, insert it and move the head.
+_APPEND = """
+WITH head AS (
+    SELECT last_id + 1 AS id, last_hash AS prev, clock_timestamp() AS t FROM audit_head FOR UPDATE
+), event AS (
+    SELECT id, t, prev,
+           sha256(prev
+                  || convert_to(id::text || '|' || (extract(epoch FROM t) * 1000000)::bigint::text || '|',
+                                'UTF8')
+                  || $8::bytea) AS hash
+    FROM head
+), moved AS (
+    UPDATE audit_head SET last_id = event.id, last_hash = event.hash FROM event RETURNING audit_head.last_id
+)
+INSERT INTO audit_events (id, event_time, principal, action, resource, request_id, peer, outcome, details,
+                          prev_hash, hash)
+SELECT event.id, event.t, $1, $2, $3, $4, $5, $6, $7, event.prev, event.hash FROM event, moved
+RETURNING *
+"""
+
+
 async def append(
     conn: Connection,
     *,
@@ -84,42 +114,15 @@ async def append(
     outcome: str,
     details: dict[str, Any],
 ) -> AuditRow:
-    """Appends one event to the chain; call it last in the transaction (it holds the head lock)."""
-    head = await conn.fetchrow(
-        "SELECT last_id, last_hash, clock_timestamp() AS now FROM audit_head FOR UPDATE"
-    )
-    assert head is not None
+    """Appends one event to the chain (the head row stays locked until the transaction ends)."""
     draft = AuditRow(
-        head["last_id"] + 1,
-        head["now"],
-        principal,
-        action,
-        resource,
-        request_id,
-        peer,
-        outcome,
-        canonical(details),
-        bytes(head["last_hash"]),
-        b"",
+        0, _EPOCH, principal, action, resource, request_id, peer, outcome, canonical(details), b"", b""
     )
-    digest = event_hash(draft.prev_hash, draft)
-    await conn.execute(
-        "INSERT INTO audit_events (id, event_time, principal, action, resource, request_id, peer, outcome, "
-        "details, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        draft.id,
-        draft.event_time,
-        principal,
-        action,
-        resource,
-        request_id,
-        peer,
-        outcome,
-        draft.details,
-        draft.prev_hash,
-        digest,
+    row = await conn.fetchrow(
+        _APPEND, principal, action, resource, request_id, peer, outcome, draft.details, _content(draft)
     )
-    await conn.execute("UPDATE audit_head SET last_id = $1, last_hash = $2", draft.id, digest)
-    return AuditRow(**{**draft.__dict__, "hash": digest})
+    assert row is not None
+    return _row(row)
 
 
 async def chain(conn: Connection, batch: int = 1000) -> AsyncIterator[AuditRow]:

@@ -45,7 +45,17 @@ _CONNECTION_CLASSES = ("08", "57P", "53")  # connection exceptions, admin shutdo
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for typ in ("jsonb", "json"):
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    conn.add_query_logger(_trace_query)
+
+
+async def _on_acquire(conn: PoolConnectionProxy) -> None:
+    # Query loggers are dropped on every release, so they are attached per acquire (when tracing is on).
+    if telemetry.tracer_enabled():
+        conn.add_query_logger(_trace_query)
+
+
+async def _on_release(conn: asyncpg.Connection) -> None:
+    """Replaces asyncpg's reset query (one more round trip per release): pooled connections never keep
+    session state: no SET, LISTEN or session-level advisory lock outlives the code that took it."""
 
 
 def _trace_query(query: LoggedQuery) -> None:
@@ -71,6 +81,8 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 16) -> asy
             min_size=min_size,
             max_size=max_size,
             init=_init_connection,
+            setup=_on_acquire,
+            reset=_on_release,
             command_timeout=60,
             max_inactive_connection_lifetime=300,
         )

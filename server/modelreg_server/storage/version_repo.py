@@ -22,10 +22,18 @@ _COLUMNS = (
     "ORDER BY a.alias) AS aliases"
 )
 
+# Listings only feed the API, which reads the nested metadata from `details` when it is there: skip
+# decoding the four jsonb copies then (they cost more than the query itself at 50 rows a page).
+_LIST_COLUMNS = _COLUMNS
+for _column in ("lineage", "input_schema", "output_schema", "dependencies"):
+    _LIST_COLUMNS = _LIST_COLUMNS.replace(
+        f"v.{_column},", f"CASE WHEN v.details IS NULL THEN v.{_column} ELSE '{{}}'::jsonb END AS {_column},"
+    )
+
 STAGE_VALUES = {f"STAGE_{s.name}": int(s) for s in Stage}
 
 LISTING = ListingSpec(
-    columns=_COLUMNS,
+    columns=_LIST_COLUMNS,
     source="model_versions v",
     filter_fields={
         "name": FieldSpec("string", "('models/' || v.model_id || '/versions/' || v.version)"),
