@@ -590,6 +590,8 @@ def _walk(node: dict[str, Any], depth: int = 0) -> Iterator[tuple[int, dict[str,
 
 
 _INDEX_NODES = ("Index Scan", "Index Only Scan", "Bitmap Index Scan")
+# One-row tables (the revision counter): a sequential scan of them is one page, not a missing index.
+_ONE_ROW_TABLES = frozenset({"registry_revision", "audit_head"})
 
 
 def summarize_plan(explained: list[dict[str, Any]]) -> dict[str, Any]:
@@ -607,7 +609,7 @@ def summarize_plan(explained: list[dict[str, Any]]) -> dict[str, Any]:
             indexes.append(node["Index Name"])
         if "Relation Name" in node:
             text += f" on {node['Relation Name']}"
-            if kind == "Seq Scan":
+            if kind == "Seq Scan" and node["Relation Name"] not in _ONE_ROW_TABLES:
                 seq_scans.append(node["Relation Name"])
         text += f" (rows {node.get('Actual Rows')}, loops {node.get('Actual Loops')})"
         lines.append("  " * depth + text)
@@ -793,9 +795,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log(f"failed or interrupted; logs kept in {work}")
     growth = _growth(steps)
-    every_plan_indexed = all(
-        plan["uses_index"] and not plan["seq_scans"] for step in steps for plan in step["explain"].values()
-    )
+    # Judged at the largest size: on small tables the planner rightly prefers sequential scans.
+    largest = steps[-1]["explain"] if steps else {}
+    unindexed = sorted(kind for kind, plan in largest.items() if not plan["uses_index"] or plan["seq_scans"])
     document = {
         "benchmark": "scale",
         "timestamp": started,
@@ -817,7 +819,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": steps,
         "growth": growth,
         "targets": {
-            "every_plan_uses_an_index": {"met": every_plan_indexed},
+            "every_plan_uses_an_index_at_largest_size": {"met": not unindexed, "exceptions": unindexed},
             "cost_grows_no_worse_than_log": {
                 "met": all(v["no_worse_than_log"] for k, v in growth.items() if k in KINDS)
                 if growth

@@ -71,7 +71,7 @@ ALIAS = "prod"
 BUCKET = "modelreg-soak"
 RESOLVE_SHARE = 0.90
 REGISTER_SHARE = 0.05  # the rest are alias moves
-SEED_VERSIONS = 3
+SEED_VERSIONS = 2
 # RSS counts as flat when the last fifth of the samples (median) is within this much of the first fifth.
 RSS_FLAT_FRACTION = 0.05
 RSS_FLAT_MIB = 16.0
@@ -401,7 +401,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seconds", type=float, default=60.0, help="measured seconds (default 60)")
     parser.add_argument("--warmup", type=float, default=10.0, help="unmeasured seconds before (default 10)")
-    parser.add_argument("--models", type=int, default=200, help="seeded models (default 200)")
+    parser.add_argument("--models", type=int, default=100, help="seeded models (default 100)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent RPC clients (default 16)")
     parser.add_argument("--channels", type=int, default=4, help="channels, split over the replicas")
     parser.add_argument("--uploaders", type=int, default=1, help="concurrent package uploaders (default 1)")

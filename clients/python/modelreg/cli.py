@@ -12,6 +12,12 @@ Examples:
   modelreg watch fraud --json
   modelreg push ./model --model fraud --format onnx --run-id run-42 --metric auc=0.93
   modelreg pull fraud@champion ./serving/model
+  modelreg versions compare fraud/2 fraud/3
+  modelreg whoami
+  modelreg tokens create ci-bot --description deploys --expires-in-hours 72
+  modelreg bindings grant ci-bot automation --scope models/fraud
+  modelreg audit list --filter 'action = "SetAlias"' --limit 20
+  modelreg audit verify
 
 Connection: --address (else $MODELREG_ADDRESS, else 127.0.0.1:50051); --token (else $MODELREG_TOKEN,
 else the file .modelreg/admin.token in the current directory).
@@ -28,7 +34,8 @@ Exit codes:
   3   not found
   4   already exists
   5   invalid argument (or out of range)
-  6   failed precondition (e.g. deleting a model that has versions without --force)
+  6   failed precondition (e.g. deleting a model that has versions without --force; `audit verify`
+      when the audit hash chain is broken)
   7   conflict (ABORTED: stale etag, lost race) - re-read and retry
   8   permission denied or unauthenticated
   9   unavailable (server or backend unreachable) - retrying later may help
@@ -269,7 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--digest", default="", metavar="sha256:HEX", help="artifact digest")
     cmd.set_defaults(handler=_versions_create)
 
+    from modelreg import cli_admin  # imported here: cli_admin uses this module's helpers
+
+    cli_admin.add_compare_command(versions, common)
     _add_lifecycle_commands(resources, common)
+    cli_admin.add_admin_commands(resources, common)
     _add_package_commands(resources, common)
 
     cmd = resources.add_parser(
