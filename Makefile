@@ -45,9 +45,15 @@ test: check-protos buflint lint typecheck pytest
 run: $(STAMP)
 	$(BIN)/modelreg-server dev
 
+# Benchmarks (not run in CI): each prints JSON and writes it under bench/results/; see bench/README.md.
 bench: $(STAMP)
 	mkdir -p bench/results
 	$(BIN)/python bench/catalog.py --out bench/results/catalog.json
+	$(BIN)/python bench/resolve.py --out bench/results/resolve.json
+	$(BIN)/python bench/soak.py --out bench/results/soak.json
+	$(BIN)/python bench/scale.py --out bench/results/scale.json
+	$(BIN)/python bench/artifacts.py --out bench/results/artifacts.json
+	$(BIN)/python bench/vs_mlflow.py --out bench/results/vs_mlflow.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

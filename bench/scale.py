@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import math
 import os
 import random
@@ -661,12 +662,9 @@ async def explain_all(url: str, workload_of: Callable[[str], QueryWorkload], sam
 # --------------------------------------------------------------------------------------------------
 
 
-def _growth(steps: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per query, how p50, p99, execution time and buffers grew from the smallest to the largest size,
-    next to how log N and N grew."""
-    if len(steps) < 2:
-        return {}
-    first, last = steps[0], steps[-1]
+def _growth_between(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
+    """Per query, how p50, p99, execution time and buffers grew from one size to another, next to how
+    log N and N grew."""
     n_first, n_last = first["catalog"]["versions"], last["catalog"]["versions"]
     out: dict[str, Any] = {
         "versions": [n_first, n_last],
@@ -687,6 +685,26 @@ def _growth(steps: list[dict[str, Any]]) -> dict[str, Any]:
             "no_worse_than_log": buffers is not None and buffers <= 2 * out["log_n_ratio"],
         }
     return out
+
+
+def _growth(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Growth between each pair of consecutive sizes and from the smallest to the largest. The verdict
+    uses the two largest sizes: below them the planner may still prefer plans that only suit small tables."""
+    if len(steps) < 2:
+        return {}
+    return {
+        "consecutive": [_growth_between(a, b) for a, b in itertools.pairwise(steps)],
+        "smallest_to_largest": _growth_between(steps[0], steps[-1]),
+        "verdict_between": [steps[-2]["catalog"]["versions"], steps[-1]["catalog"]["versions"]],
+    }
+
+
+def _log_verdict(growth: dict[str, Any]) -> dict[str, Any]:
+    if not growth:
+        return {"met": None}
+    last = growth["consecutive"][-1]
+    worse = sorted(kind for kind in KINDS if not last[kind]["no_worse_than_log"])
+    return {"between_versions": growth["verdict_between"], "met": not worse, "exceptions": worse}
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -45,6 +45,7 @@ Needs the `bench` extra (mlflow, psycopg2-binary, boto3).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import hashlib
 import http.client
@@ -77,6 +78,7 @@ if str(Path(__file__).resolve().parent.parent) not in sys.path:
 from bench.common import (
     BenchDatabase,
     ListeningProcess,
+    analyze_database,
     bootstrap_admin_token,
     emit_json,
     latency_summary,
@@ -628,10 +630,11 @@ def seed(system: System, versions: int, clients: int) -> float:
     """Registers `versions` versions of the search model, one in three tagged env=prod; returns seconds."""
     numbers = iter(range(versions))
     lock = threading.Lock()
+    stop = threading.Event()  # set when the benchmark is interrupted, so that the clients give up
 
     def client(index: int) -> None:
         rng = random.Random(index)
-        while True:
+        while not stop.is_set():
             with lock:
                 number = next(numbers, None)
             if number is None:
@@ -640,8 +643,11 @@ def seed(system: System, versions: int, clients: int) -> float:
 
     began = time.monotonic()
     with ThreadPoolExecutor(clients) as pool:
-        for future in [pool.submit(client, i) for i in range(clients)]:
-            future.result()
+        try:
+            for future in [pool.submit(client, i) for i in range(clients)]:
+                future.result()
+        finally:
+            stop.set()
     return time.monotonic() - began
 
 
@@ -1087,12 +1093,18 @@ def main(argv: list[str] | None = None) -> int:
             for system in systems.values():
                 for model in (REGISTER_MODEL, SEARCH_MODEL, ARTIFACT_MODEL):
                     system.create_model(model)
+            # This machine's PostgreSQL runs without autovacuum; analyze as it would have on a live database
+            # (fresh tables without statistics get plans costed for thousands of rows, JIT-compiled).
+            for database in databases.values():
+                asyncio.run(analyze_database(database.url))
             for name in SYSTEMS:
                 log(f"seeding {args.seed_versions} versions on {SHORT[name]} with 16 clients ...")
                 seconds = seed(systems[name], args.seed_versions, 16)
                 systems[name].set_alias(SEARCH_MODEL, ALIAS, 1)
                 setup[name] = {"seed_seconds": round(seconds, 1)}
                 log(f"seeded {SHORT[name]} in {seconds:.1f} s")
+            for database in databases.values():
+                asyncio.run(analyze_database(database.url))
 
             groups: dict[str, Callable[[], Sequence[int]]] = {
                 MODELREG: lambda: [registry_server.pid],
@@ -1154,6 +1166,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_window_s": args.max_window,
             "harness": "closed loop, one thread per client, in this process, for every system",
             "mlflow_http_pool_maxsize": os.environ["MLFLOW_HTTP_POOL_MAXSIZE"],
+            "analyze": "ANALYZE on every database before and after seeding (autovacuum is off here)",
         },
         "clients": {
             MODELREG: "modelreg.Registry (blocking SDK), one gRPC channel shared by the client threads",

@@ -83,6 +83,8 @@ EXAMPLES_PER_RPC = 20
 # Garbage on the wire.
 GARBAGE_CONNECTIONS = 60
 HALF_OPEN_CONNECTIONS = 200
+# A read answered next to the garbage connections (milliseconds normally; seconds on a loaded machine).
+PROMPT_ANSWER = 3.0
 # Server memory: calls between the two samples (after a warm-up pass over the pool), allowed growth.
 MEMORY_CALLS = 3000
 MEMORY_GROWTH_LIMIT = 64 * MiB
@@ -1165,9 +1167,9 @@ async def _hammer(
     pool: Sequence[tuple[int, list[Message]]],
     count: int,
 ) -> list[tuple[MethodDescriptor, list[Message], Outcome]]:
-    """Replays the pool round-robin until `count` calls were made, 8 at a time; returns the bad ones."""
+    """Replays the pool round-robin until `count` calls were made, 4 at a time; returns the bad ones."""
     bad: list[tuple[MethodDescriptor, list[Message], Outcome]] = []
-    gate = asyncio.Semaphore(8)
+    gate = asyncio.Semaphore(4)
     client = Client(address, token)
 
     async def one(i: int) -> None:
@@ -1258,8 +1260,9 @@ def test_garbage_and_half_open_connections_do_not_take_the_server_down(hostile: 
     held: list[socket.socket] = []
     try:
         for n in range(GARBAGE_CONNECTIONS):
-            with contextlib.closing(_connect(victim.address)) as sock:
-                garbage = rng.randbytes(rng.randint(1, 64 * 1024))
+            garbage = rng.randbytes(rng.randint(1, 64 * 1024))
+            # The server may hang up mid-send: that is its right, and the point is what happens next.
+            with contextlib.closing(_connect(victim.address)) as sock, contextlib.suppress(OSError):
                 # Every third connection starts correctly and turns into garbage after the preface.
                 sock.sendall((HTTP2_PREFACE if n % 3 == 0 else b"") + garbage)
         for n in range(HALF_OPEN_CONNECTIONS):
@@ -1269,12 +1272,14 @@ def test_garbage_and_half_open_connections_do_not_take_the_server_down(hostile: 
                 sock.sendall(stall)
         assert victim.proc.poll() is None, "the server died"
         latency = hostile.run(_healthy_and_answering(victim.address, hostile.token))
-        assert latency < 2.0, f"a normal RPC took {latency:.2f}s next to {len(held)} stalled connections"
+        assert latency < PROMPT_ANSWER, (
+            f"a normal RPC took {latency:.2f}s next to {len(held)} stalled connections"
+        )
     finally:
         for sock in held:
             sock.close()
     try:
         assert victim.proc.poll() is None, "the server died"
-        assert hostile.run(_healthy_and_answering(victim.address, hostile.token)) < 2.0
+        assert hostile.run(_healthy_and_answering(victim.address, hostile.token)) < PROMPT_ANSWER
     finally:
         victim.stop()
