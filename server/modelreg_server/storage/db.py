@@ -81,6 +81,9 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 16) -> asy
             min_size=min_size,
             max_size=max_size,
             init=_init_connection,
+            # Short OLTP statements only: JIT compiling them (e.g. the audit append, whose estimates on the
+            # one-row head table are wild) cost ~0.9 s per call while holding the audit lock.
+            server_settings={"jit": "off"},
             setup=_on_acquire,
             reset=_on_release,
             command_timeout=60,
