@@ -112,6 +112,8 @@ def translate(exc: BaseException) -> errors.RegistryError | None:
             return errors.FailedPrecondition(detail, _RULE_REASONS[state])
         if state.startswith("22"):
             return errors.InvalidArgument(f"value rejected by the database: {detail}", "INVALID_VALUE")
+        if state == "53300":
+            return errors.Unavailable("PostgreSQL has no free connections (too many clients)", "DATABASE_BUSY")
         if state.startswith(_CONNECTION_CLASSES):
             return errors.Unavailable("database unavailable; retry later", "DATABASE_UNAVAILABLE")
         if state == "57014":
