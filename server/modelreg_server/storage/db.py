@@ -113,7 +113,7 @@ def translate(exc: BaseException) -> errors.RegistryError | None:
         if state.startswith("22"):
             return errors.InvalidArgument(f"value rejected by the database: {detail}", "INVALID_VALUE")
         if state == "53300":
-            return errors.Unavailable("PostgreSQL has no free connections (too many clients)", "DATABASE_BUSY")
+            return errors.Unavailable("PostgreSQL has no free connections", "DATABASE_BUSY")
         if state.startswith(_CONNECTION_CLASSES):
             return errors.Unavailable("database unavailable; retry later", "DATABASE_UNAVAILABLE")
         if state == "57014":
