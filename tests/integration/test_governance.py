@@ -681,8 +681,10 @@ async def retained(db: Database, digests: Sequence[str]) -> dict[str, timedelta]
 async def test_gc_skips_blobs_of_retained_versions_after_the_versions_are_gone(
     keeper: Client, db: Database, store: BlobStore
 ) -> None:
+    # Unique contents: a blob another test's live version also references is never collectable.
     digest, manifest = await publish(
-        keeper.artifacts, {"weights.bin": uuid.uuid4().bytes * 64, "conf": b"{}"}
+        keeper.artifacts,
+        {"weights.bin": uuid.uuid4().bytes * 64, "conf": f'{{"run": "{uuid.uuid4()}"}}'.encode()},
     )
     package = [digest, *manifest.file_digests]
     model_id = await keeper.model({"artifact_digest": digest})
