@@ -47,6 +47,7 @@ run: $(STAMP)
 
 # Benchmarks (not run in CI): each prints JSON and writes it under bench/results/; see bench/README.md.
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
 	mkdir -p bench/results
 	$(BIN)/python bench/catalog.py --out bench/results/catalog.json
 	$(BIN)/python bench/resolve.py --out bench/results/resolve.json
