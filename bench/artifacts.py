@@ -8,6 +8,10 @@ Starts its own PostgreSQL database (see `bench.common.provision_database`), a Se
   registry_upload           UploadBlob of the file over gRPC (1 MiB chunks, digest declared) from a
                             client process; the client's hashing pass is timed separately
   registry_download         DownloadBlob of the blob into a file, from a client process
+  sdk_upload_model          `Registry.upload_model` of the file, as users call it (hash pass included)
+  sdk_download_model        `Registry.download_model` with its defaults (blobs of 16 MiB and more from
+                            presigned URLs in parallel ranges) and with `use_presigned_urls=False`
+                            (streamed through the registry); fresh directory and blob cache, verified
   repush                    FindMissingBlobs then UploadBlob with the header alone: bytes sent (0 wanted)
 
 While each transfer runs, the server's VmRSS is sampled every 10 ms; the peak growth over the value just
@@ -30,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -42,6 +47,8 @@ if str(Path(__file__).resolve().parent.parent) not in sys.path:
 import grpc
 
 from bench.common import (
+    bearer,
+    bootstrap_admin_token,
     emit_json,
     log,
     machine_info,
@@ -73,7 +80,7 @@ def _hash_file(path: str) -> tuple[str, float]:
     return "sha256:" + hasher.hexdigest(), time.perf_counter() - started
 
 
-def client_upload(address: str, path: str) -> dict[str, Any]:
+def client_upload(address: str, token: str, path: str) -> dict[str, Any]:
     """Hashes the file, then streams it with UploadBlob; returns timings."""
     digest, hash_s = _hash_file(path)
     size = os.path.getsize(path)
@@ -86,18 +93,18 @@ def client_upload(address: str, path: str) -> dict[str, Any]:
 
     with grpc.insecure_channel(address) as channel:
         started = time.perf_counter()
-        result = ArtifactServiceStub(channel).UploadBlob(requests(), timeout=3600)
+        result = ArtifactServiceStub(channel).UploadBlob(requests(), timeout=3600, metadata=bearer(token))
         seconds = time.perf_counter() - started
     assert result.digest == digest and result.complete and not result.deduplicated, result
     return {"digest": digest, "seconds": seconds, "client_hash_seconds": hash_s}
 
 
-def client_download(address: str, digest: str, path: str) -> dict[str, Any]:
+def client_download(address: str, token: str, digest: str, path: str) -> dict[str, Any]:
     """Streams the blob into a file with DownloadBlob; returns the time (checked against the digest)."""
     with grpc.insecure_channel(address) as channel, open(path, "wb") as f:
         started = time.perf_counter()
         for response in ArtifactServiceStub(channel).DownloadBlob(
-            pb.DownloadBlobRequest(digest=digest), timeout=3600
+            pb.DownloadBlobRequest(digest=digest), timeout=3600, metadata=bearer(token)
         ):
             f.write(response.data)
         seconds = time.perf_counter() - started
@@ -105,16 +112,18 @@ def client_download(address: str, digest: str, path: str) -> dict[str, Any]:
     return {"seconds": seconds}
 
 
-def client_repush(address: str, digest: str, size: int) -> dict[str, Any]:
+def client_repush(address: str, token: str, digest: str, size: int) -> dict[str, Any]:
     """What a client re-pushing an existing blob sends: FindMissingBlobs, then at most a header."""
 
     async def run() -> dict[str, Any]:
         async with grpc.aio.insecure_channel(address) as channel:
             stub = ArtifactServiceStub(channel)
             started = time.perf_counter()
-            missing = await stub.FindMissingBlobs(pb.FindMissingBlobsRequest(digests=[digest]))
+            missing = await stub.FindMissingBlobs(
+                pb.FindMissingBlobsRequest(digests=[digest]), metadata=bearer(token)
+            )
             find_s = time.perf_counter() - started
-            call = stub.UploadBlob()  # type: ignore[call-arg]
+            call = stub.UploadBlob(metadata=bearer(token))  # type: ignore[call-arg]
             await call.write(pb.UploadBlobRequest(header=pb.UploadHeader(digest=digest, size=size)))
             result = await call
             return {
@@ -126,6 +135,34 @@ def client_repush(address: str, digest: str, size: int) -> dict[str, Any]:
             }
 
     return asyncio.run(run())
+
+
+def client_sdk_upload(address: str, token: str, path: str) -> dict[str, Any]:
+    """`Registry.upload_model` of the file as a new version (hash, FindMissingBlobs, send, register)."""
+    from modelreg import Registry
+
+    model = f"bench-{uuid.uuid4().hex[:8]}"
+    with Registry(address, token=token, timeout=600) as registry:
+        registry.create_model(model)
+        started = time.perf_counter()
+        version = registry.upload_model(model, path)
+        seconds = time.perf_counter() - started
+    return {"version": version.name, "seconds": seconds}
+
+
+def client_sdk_download(
+    address: str, token: str, version: str, dest: str, presigned: bool | None
+) -> dict[str, Any]:
+    """`Registry.download_model` into a fresh directory and a fresh blob cache (verified, as by default)."""
+    from modelreg import Registry
+
+    with Registry(address, token=token, timeout=600) as registry:
+        started = time.perf_counter()
+        registry.download_model(version, dest, cache_dir=dest + ".cache", use_presigned_urls=presigned)
+        seconds = time.perf_counter() - started
+    shutil.rmtree(dest)
+    shutil.rmtree(dest + ".cache")
+    return {"seconds": seconds}
 
 
 def client_direct(endpoint: str, key: str, secret: str, path: str, part_mib: int) -> dict[str, Any]:
@@ -227,6 +264,7 @@ def run(size_mib: int) -> dict[str, Any]:
             MODELREG_S3_BUCKET=BUCKET,
         )
         stack.callback(server.stop)
+        token = bootstrap_admin_token(database.url, scratch)
         clients = stack.enter_context(ProcessPoolExecutor(max_workers=1, mp_context=spawn))
         source = scratch / "blob.bin"
         log(f"writing {size_mib} MiB of random bytes")
@@ -247,6 +285,8 @@ def run(size_mib: int) -> dict[str, Any]:
             )
         best_put = min(direct, key=lambda d: d["put_seconds"])
         best_get = min(direct, key=lambda d: d["get_seconds"])
+        direct_put_mb_s = _mb_s(size, best_put["put_seconds"])
+        direct_get_mb_s = _mb_s(size, best_get["get_seconds"])
 
         def cpu() -> tuple[float, float]:
             return process_cpu_seconds(server.pid) or 0.0, process_cpu_seconds(s3.pid) or 0.0
@@ -254,20 +294,42 @@ def run(size_mib: int) -> dict[str, Any]:
         log("registry upload")
         before = cpu()
         with RssSampler(server.pid) as upload_rss:
-            uploaded = clients.submit(client_upload, server.address, str(source)).result()
+            uploaded = clients.submit(client_upload, server.address, token, str(source)).result()
         upload_cpu = [round(b - a, 2) for a, b in zip(before, cpu(), strict=True)]
         log("registry download")
         before = cpu()
         with RssSampler(server.pid) as download_rss:
             downloaded = clients.submit(
-                client_download, server.address, uploaded["digest"], str(scratch / "downloaded.bin")
+                client_download, server.address, token, uploaded["digest"], str(scratch / "downloaded.bin")
             ).result()
         download_cpu = [round(b - a, 2) for a, b in zip(before, cpu(), strict=True)]
+        log("SDK upload_model")
+        before = cpu()
+        sdk_up = clients.submit(client_sdk_upload, server.address, token, str(source)).result()
+        sdk_up_cpu = [round(b - a, 2) for a, b in zip(before, cpu(), strict=True)]
+        sdk_down: dict[str, dict[str, Any]] = {}
+        for label, mode in (("default", None), ("through_registry", False)):
+            log(f"SDK download_model ({label})")
+            before = cpu()
+            result = clients.submit(
+                client_sdk_download, server.address, token, sdk_up["version"], str(scratch / "sdk"), mode
+            ).result()
+            mb_s = _mb_s(size, result["seconds"])
+            sdk_down[label] = {
+                "mb_s": mb_s,
+                "seconds": round(result["seconds"], 2),
+                "ratio_to_direct": ratio(mb_s, direct_get_mb_s),
+                "cpu_seconds": dict(
+                    zip(
+                        ("server", "seaweedfs"),
+                        [round(b - a, 2) for a, b in zip(before, cpu(), strict=True)],
+                        strict=True,
+                    )
+                ),
+            }
         log("re-push")
-        repush = clients.submit(client_repush, server.address, uploaded["digest"], size).result()
+        repush = clients.submit(client_repush, server.address, token, uploaded["digest"], size).result()
 
-        direct_put_mb_s = _mb_s(size, best_put["put_seconds"])
-        direct_get_mb_s = _mb_s(size, best_get["get_seconds"])
         upload_mb_s = _mb_s(size, uploaded["seconds"])
         download_mb_s = _mb_s(size, downloaded["seconds"])
         return {
@@ -302,6 +364,14 @@ def run(size_mib: int) -> dict[str, Any]:
                 "cpu_seconds": {"server": download_cpu[0], "seaweedfs": download_cpu[1]},
                 "server_rss": download_rss.summary(),
             },
+            "sdk_upload_model": {
+                "mb_s": _mb_s(size, sdk_up["seconds"]),
+                "seconds": round(sdk_up["seconds"], 2),
+                "ratio_to_direct": ratio(_mb_s(size, sdk_up["seconds"]), direct_put_mb_s),
+                "cpu_seconds": {"server": sdk_up_cpu[0], "seaweedfs": sdk_up_cpu[1]},
+                "includes": "client sha256 pass, FindMissingBlobs, resumable UploadBlob, CreateModelVersion",
+            },
+            "sdk_download_model": sdk_down,
             "repush": repush,
             "targets": {
                 "upload_ratio_ge_0_8": (ratio(upload_mb_s, direct_put_mb_s) or 0) >= 0.8,

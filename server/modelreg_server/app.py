@@ -87,6 +87,11 @@ def _server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
+BACKGROUND_POOL_SIZE = 3
+"""Connections of the background pool (change feed, webhook pump, health watchdog), besides the request
+pool of MODELREG_DB_POOL_SIZE and the change feed's LISTEN connection."""
+
+
 async def open_database(settings: Settings) -> Database:
     """Connects and applies pending migrations."""
     db = Database(await create_pool(settings.database_url, max_size=settings.db_pool_size))
@@ -151,15 +156,25 @@ async def serve(settings: Settings) -> int:
     except RegistryError as exc:
         print(f"modelreg-server: {exc}", file=sys.stderr)
         return 2
+    try:
+        # Background work (change feed, webhook pump, health watchdog) has its own connections, so a burst
+        # of requests that takes every pooled connection cannot stall it or flip health to NOT_SERVING.
+        background = Database(
+            await create_pool(settings.database_url, min_size=1, max_size=BACKGROUND_POOL_SIZE)
+        )
+    except RegistryError as exc:
+        await db.close()
+        print(f"modelreg-server: {exc}", file=sys.stderr)
+        return 2
     tokens = PageTokenCodec(await db.fetch_secret("page_token"))
     server = grpc.aio.server(options=_server_options(settings))
     cache: ModelScopedCache[object] = ModelScopedCache()
-    feed = ChangeFeed(db, settings.database_url, [cache])
+    feed = ChangeFeed(background, settings.database_url, [cache])
     await feed.start()
     _observe(cache, feed, db)
     ssrf_guard = SsrfGuard(allow_private=settings.webhook_allow_private)
     webhook_worker = WebhookWorker(
-        db, render_event, WebhookSender(ssrf_guard), max_attempts=settings.webhook_max_attempts
+        background, render_event, WebhookSender(ssrf_guard), max_attempts=settings.webhook_max_attempts
     )
 
     def committed(model_id: str, revision: int) -> None:
@@ -207,6 +222,7 @@ async def serve(settings: Settings) -> int:
     except (RuntimeError, OSError) as exc:
         print(f"modelreg-server: cannot listen on {settings.listen}: {exc}", file=sys.stderr)
         await db.close()
+        await background.close()
         return 2
     await server.start()
     await webhook_worker.start()
@@ -214,7 +230,7 @@ async def serve(settings: Settings) -> int:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     watchdog = asyncio.create_task(
         # "" (the process, for liveness) stays SERVING: restarting replicas cannot bring a database back.
-        _watch_database(db, health_servicer, SERVICE_NAMES, settings.health_interval_s)
+        _watch_database(background, health_servicer, SERVICE_NAMES, settings.health_interval_s)
     )
     host = settings.listen.rsplit(":", 1)[0]
     print(f"modelreg-server listening on {host}:{port}", flush=True)
@@ -231,6 +247,7 @@ async def serve(settings: Settings) -> int:
     await webhook_worker.stop()
     await feed.stop()
     await db.close()
+    await background.close()
     observability.shutdown()
     if artifacts is not None:
         artifacts.close()

@@ -25,6 +25,9 @@ class Settings:
     s3_secret_key: str = ""
     s3_bucket: str = "modelreg"
     s3_secure: bool = False
+    # Base URL (`https://s3.example.com`) that presigned download URLs name, when clients reach S3 under
+    # another address than the registry does; empty: the same endpoint.
+    s3_public_endpoint: str = ""
     db_pool_size: int = 16
     # Long-lived streams (watches) are closed after this age so clients rebalance across replicas.
     max_connection_age_s: int = 1800
@@ -59,6 +62,7 @@ class Settings:
             "s3_secret_key": env.get("MODELREG_S3_SECRET_KEY", ""),
             "s3_bucket": env.get("MODELREG_S3_BUCKET", "modelreg"),
             "s3_secure": _bool(env.get("MODELREG_S3_SECURE", "false")),
+            "s3_public_endpoint": env.get("MODELREG_S3_PUBLIC_ENDPOINT", ""),
             "db_pool_size": int(env.get("MODELREG_DB_POOL_SIZE", "16")),
             "max_connection_age_s": int(env.get("MODELREG_MAX_CONNECTION_AGE_S", "1800")),
             "watch_heartbeat_s": float(env.get("MODELREG_WATCH_HEARTBEAT_S", "5")),

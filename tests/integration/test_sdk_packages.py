@@ -281,7 +281,11 @@ def test_partial_file_is_resumed(registry: Registry, published: Published, tmp_p
     spy = spy_on(registry)
     seen: list[tuple[int, int]] = []
     registry.download_model(
-        published.version, tmp_path / "dest", use_cache=False, progress=lambda d, t: seen.append((d, t))
+        published.version,
+        tmp_path / "dest",
+        use_cache=False,
+        progress=lambda d, t: seen.append((d, t)),
+        use_presigned_urls=False,  # the registry stream (the presigned path: test_presigned_downloads.py)
     )
     assert_same_tree(tmp_path / "dest", published.contents)
     big = sha(data)
@@ -313,7 +317,9 @@ def test_tampered_cache_entry_is_detected_and_refetched(
     tampered[12345] ^= 0x01  # same size, one bit different
     entry.write_bytes(bytes(tampered))
     spy = spy_on(registry)
-    registry.download_model(published.version, tmp_path / "two", cache_dir=cache.root)
+    registry.download_model(
+        published.version, tmp_path / "two", cache_dir=cache.root, use_presigned_urls=False
+    )
     assert [r.digest for r in spy.download_requests] == [big]  # only the tampered blob came again
     assert_same_tree(tmp_path / "two", published.contents)
     assert sha(entry.read_bytes()) == big  # the cache entry is repaired
@@ -326,7 +332,9 @@ def test_bytes_that_do_not_match_their_digest_are_refused(
     spy = spy_on(registry)
     spy.corrupt.add(big)
     with pytest.raises(DataLoss) as caught:
-        registry.download_model(published.version, tmp_path / "dest", use_cache=False, parallelism=1)
+        registry.download_model(
+            published.version, tmp_path / "dest", use_cache=False, parallelism=1, use_presigned_urls=False
+        )
     assert caught.value.reason == "DIGEST_MISMATCH"
     assert not (tmp_path / "dest" / "weights" / "big.bin").exists()
     assert not (tmp_path / "dest" / "weights" / "big.bin.partial").exists()
@@ -499,8 +507,10 @@ def test_every_rpc_gets_a_client_span(
     assert get_model[0].status.status_code.name == "UNSET"
     assert get_model[1].status.status_code.name == "ERROR"
     downloads = client_spans(spans, "modelreg.v1.ArtifactService/DownloadBlob")
+    urls = client_spans(spans, "modelreg.v1.ArtifactService/GetBlobDownloadUrl")
     distinct = {sha(d) for d, _ in published.contents.values() if d}
-    assert len(downloads) == 1 + len(distinct)  # the manifest, then each blob (but the empty one)
+    # The manifest, then each blob (but the empty one): the 20 MiB one from a presigned URL.
+    assert (len(downloads), len(urls)) == (len(distinct), 1)
 
     tracer = trace.get_tracer("test")
     with tracer.start_as_current_span("parent") as parent:
@@ -510,7 +520,9 @@ def test_every_rpc_gets_a_client_span(
         s for s in spans.get_finished_spans() if s.parent is not None and s.parent.span_id == parent_id
     ]
     # Blob downloads run in worker threads and still join the caller's trace.
-    assert len([s for s in children if s.name.endswith("/DownloadBlob")]) == 1 + len(distinct)
+    assert len([s for s in children if s.name.endswith(("/DownloadBlob", "/GetBlobDownloadUrl"))]) == 1 + len(
+        distinct
+    )
 
 
 async def test_async_client_spans(spans: InMemorySpanExporter, server_address: str) -> None:

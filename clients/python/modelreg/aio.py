@@ -17,7 +17,7 @@ import grpc
 import grpc.aio
 from google.protobuf import timestamp_pb2
 
-from modelreg import _core, _tracing, packages
+from modelreg import _core, _tracing, packages, presigned
 from modelreg._core import (
     AliasRef,
     ChannelOption,
@@ -512,7 +512,7 @@ class AsyncRegistry:
         use_cache: bool = True,
         progress: ProgressCallback | None = None,
         parallelism: int = 4,
-        use_presigned_urls: bool = False,
+        use_presigned_urls: bool | None = None,
         verify_signature: str | None = None,
     ) -> Path:
         """Download the package of a version into the directory `dest` and return `dest` (see
@@ -535,10 +535,10 @@ class AsyncRegistry:
         tracker.report()
         cancelled = threading.Event()
 
+        route = presigned.Route(use_presigned_urls)
+
         def obtain(fetch: BlobFetch) -> Awaitable[None]:
-            return self._obtain(
-                root, fetch, cache, tracker, cancelled, verify=verify, presigned=use_presigned_urls
-            )
+            return self._obtain(root, fetch, cache, tracker, cancelled, verify=verify, route=route)
 
         await self._in_parallel(obtain, fetches, parallelism, cancelled)
         if signed is not None and verify_signature is not None:
@@ -724,7 +724,7 @@ class AsyncRegistry:
         cancelled: threading.Event,
         *,
         verify: bool,
-        presigned: bool,
+        route: presigned.Route,
     ) -> None:
         """Put one blob at its targets: from the cache, else from the network through its partial file."""
         if cache is not None:
@@ -738,7 +738,7 @@ class AsyncRegistry:
         writer = await asyncio.to_thread(packages.BlobWriter, root, fetch, verify=verify)
         try:
             while True:
-                await self._receive(writer, tracker, cancelled, presigned=presigned)
+                await self._receive(writer, tracker, cancelled, route=route)
                 try:
                     path = await asyncio.to_thread(writer.finish)
                     break
@@ -761,7 +761,7 @@ class AsyncRegistry:
         tracker: packages.Progress,
         cancelled: threading.Event,
         *,
-        presigned: bool,
+        route: presigned.Route,
     ) -> None:
         """Fill the partial file up to the blob's size, resuming after broken streams."""
         fetch = writer.fetch
@@ -774,14 +774,15 @@ class AsyncRegistry:
             loop.call_soon_threadsafe(on_progress, position)
 
         attempt = 0
+        direct = route.direct(fetch.size)
         while writer.offset < fetch.size:
             before = writer.offset
             try:
-                if presigned:
+                if direct:
                     request = artifact_pb2.GetBlobDownloadUrlRequest(digest=fetch.digest)
                     url = (await self._call(self._artifacts.GetBlobDownloadUrl, request)).url
                     await asyncio.to_thread(
-                        packages.fetch_url,
+                        presigned.fetch_ranges,
                         url,
                         writer,
                         on_progress=on_progress_threadsafe,
@@ -791,6 +792,11 @@ class AsyncRegistry:
                 else:
                     await self._download_into(writer, on_progress)
             except Exception as exc:  # transfer_retry_delay tells the transient ones apart
+                if direct and writer.offset > before:
+                    route.reached()
+                if direct and route.fall_back(exc):
+                    direct = False
+                    continue
                 delay = packages.transfer_retry_delay(exc, attempt)
                 if delay is None:
                     raise
@@ -799,6 +805,8 @@ class AsyncRegistry:
                 continue
             if writer.offset == before:
                 raise packages.size_mismatch(fetch, writer.offset)
+            if direct:
+                route.reached()
 
     async def _download_into(self, writer: packages.BlobWriter, on_progress: Callable[[int], None]) -> None:
         request = artifact_pb2.DownloadBlobRequest(digest=writer.fetch.digest, read_offset=writer.offset)

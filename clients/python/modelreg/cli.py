@@ -324,7 +324,23 @@ def _add_package_commands(
         help="blob cache (default: $MODELREG_CACHE_DIR or ~/.cache)",
     )
     cmd.add_argument("--no-cache", action="store_true", help="neither read nor fill the blob cache")
-    cmd.add_argument("--presigned", action="store_true", help="fetch blobs over HTTP from presigned URLs")
+    route = cmd.add_mutually_exclusive_group()
+    route.add_argument(
+        "--presigned",
+        dest="presigned",
+        action="store_const",
+        const=True,
+        default=None,
+        help="fetch every blob from presigned object-storage URLs (default: blobs of 16 MiB and more, "
+        "falling back to the registry when object storage is unreachable)",
+    )
+    route.add_argument(
+        "--through-registry",
+        dest="presigned",
+        action="store_const",
+        const=False,
+        help="stream every blob through the registry",
+    )
     _add_transfer_options(cmd)
     cmd.set_defaults(handler=_pull)
 

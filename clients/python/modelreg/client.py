@@ -16,7 +16,7 @@ from typing import Any, Self, TypeVar, cast
 import grpc
 from google.protobuf import timestamp_pb2
 
-from modelreg import _core, _tracing, packages
+from modelreg import _core, _tracing, packages, presigned
 from modelreg._core import (
     AliasRef,
     ChannelOption,
@@ -689,7 +689,7 @@ class Registry:
         use_cache: bool = True,
         progress: ProgressCallback | None = None,
         parallelism: int = 4,
-        use_presigned_urls: bool = False,
+        use_presigned_urls: bool | None = None,
         verify_signature: str | None = None,
     ) -> Path:
         """Download the package of a version into the directory `dest` and return `dest`.
@@ -716,8 +716,10 @@ class Registry:
             progress: Called as `progress(received_bytes, total_bytes)` from worker threads (never two
                 calls at once); `total_bytes` counts only what comes over the network.
             parallelism: Blobs fetched at the same time.
-            use_presigned_urls: Fetch blobs over HTTP from presigned URLs (GetBlobDownloadUrl) instead of
-                streaming them through the registry.
+            use_presigned_urls: None (default): blobs of 16 MiB and more come straight from object storage
+                over presigned URLs (GetBlobDownloadUrl) in parallel 64 MiB ranges, smaller ones through
+                the registry; if object storage cannot be reached from here, everything streams through
+                the registry. True: presigned URLs only. False: through the registry only.
             verify_signature: A signing key id (`release-2025`, looked up in the registry and refused once
                 revoked) or a PEM public key. After the download, a signature of the version by that key
                 must verify, sign exactly the package's files, and match the files written under `dest`
@@ -746,8 +748,10 @@ class Registry:
         tracker.report()
         cancelled = threading.Event()
 
+        route = presigned.Route(use_presigned_urls)
+
         def obtain(fetch: BlobFetch) -> None:
-            self._obtain(root, fetch, cache, tracker, cancelled, verify=verify, presigned=use_presigned_urls)
+            self._obtain(root, fetch, cache, tracker, cancelled, verify=verify, route=route)
 
         self._in_parallel(obtain, fetches, parallelism, cancelled)
         if signed is not None and verify_signature is not None:
@@ -947,7 +951,7 @@ class Registry:
         cancelled: threading.Event,
         *,
         verify: bool,
-        presigned: bool,
+        route: presigned.Route,
     ) -> None:
         """Put one blob at its targets: from the cache, else from the network through its partial file."""
         if cache is not None:
@@ -961,7 +965,7 @@ class Registry:
         writer = packages.BlobWriter(root, fetch, verify=verify)
         try:
             while True:
-                self._receive(writer, tracker, cancelled, presigned=presigned)
+                self._receive(writer, tracker, cancelled, route=route)
                 try:
                     path = writer.finish()
                     break
@@ -984,7 +988,7 @@ class Registry:
         tracker: packages.Progress,
         cancelled: threading.Event,
         *,
-        presigned: bool,
+        route: presigned.Route,
     ) -> None:
         """Fill the partial file up to the blob's size, resuming after broken streams."""
         fetch = writer.fetch
@@ -993,20 +997,26 @@ class Registry:
             tracker.update(fetch.digest, position - writer.resumed_from)
 
         attempt = 0
+        direct = route.direct(fetch.size)
         while writer.offset < fetch.size:
             before = writer.offset
             try:
-                if presigned:
+                if direct:
                     url = self._call(
                         self._artifacts.GetBlobDownloadUrl,
                         artifact_pb2.GetBlobDownloadUrlRequest(digest=fetch.digest),
                     ).url
-                    packages.fetch_url(
+                    presigned.fetch_ranges(
                         url, writer, on_progress=on_progress, cancelled=cancelled, timeout=self.config.timeout
                     )
                 else:
                     self._download_into(writer, on_progress, cancelled)
             except Exception as exc:  # transfer_retry_delay tells the transient ones apart
+                if direct and writer.offset > before:
+                    route.reached()
+                if direct and not cancelled.is_set() and route.fall_back(exc):
+                    direct = False
+                    continue
                 delay = None if cancelled.is_set() else packages.transfer_retry_delay(exc, attempt)
                 if delay is None:
                     raise
@@ -1016,6 +1026,8 @@ class Registry:
                 continue
             if writer.offset == before:
                 raise packages.size_mismatch(fetch, writer.offset)
+            if direct:
+                route.reached()
 
     def _download_into(
         self, writer: packages.BlobWriter, on_progress: Callable[[int], None], cancelled: threading.Event

@@ -50,6 +50,7 @@ from modelreg.v1 import model_registry_service_pb2 as service_pb2
 __all__ = [
     "CACHE_ENV",
     "CHUNK_SIZE",
+    "HTTP_ERRORS",
     "RESUMABLE_THRESHOLD",
     "BlobCache",
     "BlobFetch",
@@ -69,6 +70,7 @@ __all__ = [
     "build_manifest",
     "check_format",
     "check_parallelism",
+    "check_url",
     "default_cache_dir",
     "encode_manifest",
     "fetch_url",
@@ -651,14 +653,14 @@ def retry_delay(error: ModelregError, attempt: int) -> float | None:
 
 # Failures of an HTTP fetch from a presigned URL that a new attempt (with a fresh URL) may overcome. Local
 # file errors (a full disk) are plain OSErrors and not among them.
-_HTTP_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
+HTTP_ERRORS: Final = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
 
 
 def transfer_retry_delay(error: BaseException, attempt: int) -> float | None:
     """:func:`retry_delay` for registry errors; network failures of presigned-URL fetches are retried too."""
     if isinstance(error, ModelregError):
         return retry_delay(error, attempt)
-    if isinstance(error, _HTTP_ERRORS) and attempt + 1 < TRANSFER_ATTEMPTS:
+    if isinstance(error, HTTP_ERRORS) and attempt + 1 < TRANSFER_ATTEMPTS:
         return float(min(_BACKOFF_MAX, _BACKOFF_INITIAL * 2**attempt))
     return None
 
@@ -933,6 +935,37 @@ class BlobWriter:
         self._file.write(data)
         self.offset += len(data)
 
+    def absorb(self, end: int) -> None:
+        """Take bytes [offset, end) that were written into the partial file out of order (by ranged
+        fetches) as the next bytes of the blob: they are read back and hashed, and `offset` moves to end.
+
+        Raises:
+            DataLoss: `end` is past the blob's size, or the file holds fewer bytes (`SIZE_MISMATCH`).
+        """
+        if end > self.fetch.size:
+            raise _integrity_error(
+                "SIZE_MISMATCH", f"{self.fetch.digest}: received more than {self.fetch.size} bytes"
+            )
+        if self._verify:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                remaining = end - self.offset
+                while remaining:
+                    block = f.read(min(HASH_BLOCK, remaining))
+                    if not block:
+                        raise size_mismatch(self.fetch, end - remaining)
+                    self._hasher.update(block)
+                    remaining -= len(block)
+        self.offset = end
+
+    def flush(self) -> None:
+        """Write buffered bytes through to the partial file (before others write into it by offset)."""
+        self._file.flush()
+
+    def drop_unabsorbed(self) -> None:
+        """Cut the partial file back to `offset`, discarding out-of-order bytes that were never absorbed."""
+        self._file.truncate(self.offset)
+
     def restart(self) -> None:
         """Throw away what was written and start from byte 0."""
         self._file.truncate(0)
@@ -996,6 +1029,12 @@ def install(root: Path, fetch: BlobFetch, source: Path, *, move: bool) -> None:
         os.replace(source, target)
 
 
+def check_url(url: str) -> None:
+    """Raise ValueError unless `url` is http(s): a download URL never names a local file."""
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise ValueError(f"refusing a download URL that is not http(s): {url[:100]!r}")
+
+
 def fetch_url(
     url: str,
     writer: BlobWriter,
@@ -1011,8 +1050,7 @@ def fetch_url(
             (worth retrying with a fresh URL).
         ValueError: The URL is not http(s).
     """
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        raise ValueError(f"refusing a download URL that is not http(s): {url[:100]!r}")
+    check_url(url)
     headers = {"Range": f"bytes={writer.offset}-"} if writer.offset else {}
     request = urllib.request.Request(url, headers=headers)
     with urllib.request.urlopen(request, timeout=timeout) as response:

@@ -192,6 +192,7 @@ async def open_artifacts(settings: Settings, db: Database) -> Artifacts | None:
         settings.s3_secret_key,
         settings.s3_bucket,
         secure=settings.s3_secure,
+        public_endpoint=settings.s3_public_endpoint,
     )
     try:
         await store.ready()

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -96,8 +97,11 @@ def _translate(exc: Exception) -> Exception:
 class BlobStore:
     """One bucket, with every minio call moved off the event loop."""
 
-    def __init__(self, client: Minio, bucket: str, *, max_workers: int = 16) -> None:
+    def __init__(
+        self, client: Minio, bucket: str, *, max_workers: int = 16, presigner: Minio | None = None
+    ) -> None:
         self._client = client
+        self._presigner = presigner or client
         self.bucket = bucket
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="blobstore")
         self._bucket_ready = False
@@ -105,9 +109,19 @@ class BlobStore:
 
     @classmethod
     def connect(
-        cls, endpoint: str, access_key: str, secret_key: str, bucket: str, *, secure: bool = False
+        cls,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        bucket: str,
+        *,
+        secure: bool = False,
+        public_endpoint: str = "",
     ) -> BlobStore:
-        """A store for an S3 endpoint (`host:port`); nothing is contacted yet."""
+        """A store for an S3 endpoint (`host:port`); nothing is contacted yet.
+
+        Presigned URLs name `public_endpoint` (`http(s)://host[:port]`) when it is given.
+        """
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=5, read=120),
             maxsize=32,
@@ -121,7 +135,21 @@ class BlobStore:
             region="us-east-1",  # fixed, so presigning needs no GetBucketLocation round trip
             http_client=http,
         )
-        return cls(client, bucket)
+        presigner = None
+        if public_endpoint:
+            public = urllib.parse.urlsplit(public_endpoint)
+            if public.scheme not in ("http", "https") or not public.netloc or public.path.strip("/"):
+                raise ValueError(
+                    f"MODELREG_S3_PUBLIC_ENDPOINT must be http(s)://host[:port], not {public_endpoint!r}"
+                )
+            presigner = Minio(
+                public.netloc,
+                access_key=access_key or None,
+                secret_key=secret_key or None,
+                secure=public.scheme == "https",
+                region="us-east-1",  # signing only: this client never connects
+            )
+        return cls(client, bucket, presigner=presigner)
 
     def _submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
@@ -290,7 +318,7 @@ class BlobStore:
 
     async def presigned_get(self, key: str, expires: timedelta) -> str:
         """A URL that GETs the object without credentials until it expires."""
-        return await self._call(self._client.presigned_get_object, self.bucket, key, expires=expires)
+        return await self._call(self._presigner.presigned_get_object, self.bucket, key, expires=expires)
 
     async def probe(self) -> None:
         """One cheap request: raises errors.Unavailable when S3 does not answer."""
