@@ -92,6 +92,7 @@ from bench.common import (
     start_registry_server,
     utc_timestamp,
 )
+from modelreg_server.devstack import DEV_ACCESS_KEY, DEV_SECRET_KEY
 
 MiB = 1024 * 1024
 MODELREG = "modelreg"
@@ -402,8 +403,9 @@ class MlflowServer:
         env = {
             **os.environ,
             "MLFLOW_S3_ENDPOINT_URL": f"http://{s3_endpoint}",
-            "AWS_ACCESS_KEY_ID": "mlflow",
-            "AWS_SECRET_ACCESS_KEY": "mlflow-secret",
+            # SeaweedFS checks signatures against its one identity (the dev key pair).
+            "AWS_ACCESS_KEY_ID": DEV_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": DEV_SECRET_KEY,
             "AWS_DEFAULT_REGION": "us-east-1",
         }
         self._log = self.log_path.open("ab")
@@ -869,7 +871,8 @@ class Bench:
 
 
 MODELREG_PATHS = {
-    "upload": "through the registry (UploadBlob gRPC stream, the only upload path)",
+    "upload": "direct to S3 (the SDK default for blobs of 16 MiB to 5 GiB: CreateDirectUpload, one presigned "
+    "PUT that signs the sha256 checksum and If-None-Match, CommitDirectUpload)",
     "download": "direct from S3 (the SDK default for blobs of 16 MiB and more: a presigned URL from "
     "GetBlobDownloadUrl, 4 parallel 64 MiB ranged GETs, sha256-verified)",
     "through_registry": "through the registry (DownloadBlob gRPC stream, use_presigned_urls=False)",

@@ -454,7 +454,9 @@ class SeaweedS3:
     """A single-process SeaweedFS (`weed server`: master, volume, filer, S3) on free loopback ports.
 
     Data lives in `data_dir` and survives restarts; the chosen ports are remembered there and reused
-    when still free. Any access key/secret is accepted; `access_key`/`secret_key` are fixed dev values.
+    when still free. Requests must be signed with `access_key`/`secret_key` (fixed dev values, the one
+    identity of `-s3.config`), so presigned URLs are checked as a production S3 checks them: signature,
+    signed headers, checksums.
     """
 
     access_key = DEV_ACCESS_KEY
@@ -528,6 +530,19 @@ class SeaweedS3:
         return ports if ports.usable() else None
 
     @classmethod
+    def _write_identities(cls, data_dir: Path) -> Path:
+        """The S3 identities file: one admin identity with the dev key pair (mode 600)."""
+        path = data_dir / "s3-identities.json"
+        identity = {
+            "name": "modelreg-dev",
+            "credentials": [{"accessKey": cls.access_key, "secretKey": cls.secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
+        path.write_text(json.dumps({"identities": [identity]}))
+        path.chmod(0o600)
+        return path
+
+    @classmethod
     def _launch(cls, weed: Path, data_dir: Path, ports: _SeaweedPorts) -> SeaweedS3:
         command = [
             str(weed),
@@ -556,6 +571,7 @@ class SeaweedS3:
             "-master.electionTimeout=1s",
             "-volume.preStopSeconds=0",
             "-master.telemetry=false",
+            f"-s3.config={cls._write_identities(data_dir)}",
         ]
         log_path = data_dir / "weed.log"
         with log_path.open("ab") as log:

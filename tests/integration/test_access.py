@@ -449,6 +449,12 @@ async def first_watch_message(client: Client, model: str) -> lc.WatchAliasesResp
     raise AssertionError("the watch ended without a message")
 
 
+async def commit_stored_blob(client: Client, digest: str) -> ar.Blob:
+    """CommitDirectUpload of a blob the registry holds already: succeeds without touching S3."""
+    size = (await client.artifacts.StatBlob(ar.StatBlobRequest(digest=digest))).size
+    return await client.artifacts.CommitDirectUpload(ar.CommitDirectUploadRequest(digest=digest, size=size))
+
+
 async def download(client: Client, digest: str) -> bytes:
     return b"".join(
         [m.data async for m in client.artifacts.DownloadBlob(ar.DownloadBlobRequest(digest=digest))]
@@ -570,6 +576,12 @@ def calls(c: Client, s: Setup) -> dict[str, Callable[[], Awaitable[object]]]:
         "ArtifactService.GetBlobDownloadUrl": lambda: art.GetBlobDownloadUrl(
             ar.GetBlobDownloadUrlRequest(digest=s.blob)
         ),
+        "ArtifactService.CreateDirectUpload": lambda: art.CreateDirectUpload(
+            ar.CreateDirectUploadRequest(
+                digest="sha256:" + hashlib.sha256(secrets.token_bytes(64)).hexdigest(), size=64
+            )
+        ),
+        "ArtifactService.CommitDirectUpload": lambda: commit_stored_blob(c, s.blob),
         "AccessService.CreatePrincipal": lambda: acc.CreatePrincipal(
             ac.CreatePrincipalRequest(principal_id=f"{s.principal}-new")
         ),

@@ -58,6 +58,8 @@ MATRIX: dict[str, set[str]] = {
     "ArtifactService.UploadBlob": set(_WRITERS),
     "ArtifactService.DownloadBlob": set(_ALL),
     "ArtifactService.GetBlobDownloadUrl": set(_ALL),
+    "ArtifactService.CreateDirectUpload": set(_WRITERS),
+    "ArtifactService.CommitDirectUpload": set(_WRITERS),
     # AccessService
     "AccessService.CreatePrincipal": set(_ADMIN),
     "AccessService.GetPrincipal": set(_ALL),

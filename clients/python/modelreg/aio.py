@@ -443,6 +443,7 @@ class AsyncRegistry:
         format: str = packages.DEFAULT_FORMAT,
         progress: ProgressCallback | None = None,
         parallelism: int = 4,
+        use_presigned_urls: bool | None = None,
         run_id: str = "",
         description: str = "",
         labels: Mapping[str, str] | None = None,
@@ -471,9 +472,10 @@ class AsyncRegistry:
         missing = await self._find_missing([*(f.digest for f in hashed), digest])
         uploads = packages.plan_uploads(hashed, missing)
         tracker = packages.Progress(progress, sum(u.size for u in uploads))
+        route = presigned.UploadRoute(use_presigned_urls)
         tracker.report()
         await self._in_parallel(
-            lambda u: self._upload_blob(u, tracker, cancelled), uploads, parallelism, cancelled
+            lambda u: self._upload_blob(u, tracker, cancelled, route), uploads, parallelism, cancelled
         )
         if digest in missing:
             await self._upload_blob(BlobUpload(digest, len(data), data), packages.Progress(None), cancelled)
@@ -648,10 +650,48 @@ class AsyncRegistry:
             start, timeout=self.config.timeout, metadata=self.config.call_metadata
         )
 
-    async def _upload_blob(
+    async def _upload_direct(
         self, blob: BlobUpload, tracker: packages.Progress, cancelled: threading.Event
     ) -> None:
-        """Send one blob, in one stream or through a resumable session, retrying broken streams."""
+        """CreateDirectUpload, one PUT to object storage (in a worker thread), CommitDirectUpload."""
+        request = artifact_pb2.CreateDirectUploadRequest(digest=blob.digest, size=blob.size)
+        ticket = await self._call(self._artifacts.CreateDirectUpload, request)
+        if not ticket.already_stored:
+            loop = asyncio.get_running_loop()
+
+            def on_sent(sent: int) -> None:
+                loop.call_soon_threadsafe(tracker.update, blob.digest, sent)
+
+            await asyncio.to_thread(
+                presigned.put_blob,
+                ticket.url,
+                dict(ticket.headers),
+                blob,
+                on_sent=on_sent,
+                cancelled=cancelled,
+                timeout=self.config.timeout,
+            )
+            commit = artifact_pb2.CommitDirectUploadRequest(digest=blob.digest, size=blob.size)
+            await self._call(self._artifacts.CommitDirectUpload, commit)
+        tracker.update(blob.digest, blob.size)
+
+    async def _upload_blob(
+        self,
+        blob: BlobUpload,
+        tracker: packages.Progress,
+        cancelled: threading.Event,
+        route: presigned.UploadRoute | None = None,
+    ) -> None:
+        """Send one blob: straight to object storage when `route` says so, else in one stream or through a
+        resumable session, retrying broken streams."""
+        if route is not None and route.direct(blob.size):
+            try:
+                await self._upload_direct(blob, tracker, cancelled)
+                route.reached()
+                return
+            except Exception as exc:
+                if cancelled.is_set() or not route.fall_back(exc):
+                    raise
         upload_id, offset, attempt = "", 0, 0
         while True:
             stream: packages.UploadStream | None = None

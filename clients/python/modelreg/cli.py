@@ -324,23 +324,6 @@ def _add_package_commands(
         help="blob cache (default: $MODELREG_CACHE_DIR or ~/.cache)",
     )
     cmd.add_argument("--no-cache", action="store_true", help="neither read nor fill the blob cache")
-    route = cmd.add_mutually_exclusive_group()
-    route.add_argument(
-        "--presigned",
-        dest="presigned",
-        action="store_const",
-        const=True,
-        default=None,
-        help="fetch every blob from presigned object-storage URLs (default: blobs of 16 MiB and more, "
-        "falling back to the registry when object storage is unreachable)",
-    )
-    route.add_argument(
-        "--through-registry",
-        dest="presigned",
-        action="store_const",
-        const=False,
-        help="stream every blob through the registry",
-    )
     _add_transfer_options(cmd)
     cmd.set_defaults(handler=_pull)
 
@@ -350,6 +333,23 @@ def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
         "--parallelism", type=_positive_int, default=4, metavar="N", help="files in flight (default: 4)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    route = parser.add_mutually_exclusive_group()
+    route.add_argument(
+        "--presigned",
+        dest="presigned",
+        action="store_const",
+        const=True,
+        default=None,
+        help="send every blob straight to/from object storage over presigned URLs (default: blobs of "
+        "16 MiB and more, falling back to the registry when object storage cannot be used)",
+    )
+    route.add_argument(
+        "--through-registry",
+        dest="presigned",
+        action="store_const",
+        const=False,
+        help="stream every blob through the registry",
+    )
 
 
 def _add_lifecycle_commands(
@@ -914,6 +914,7 @@ def _push(registry: Registry, args: argparse.Namespace, out: TextIO) -> None:
             format=args.format,
             progress=bar,
             parallelism=args.parallelism,
+            use_presigned_urls=args.presigned,
             run_id=args.run_id,
             description=args.description,
             labels=dict(args.labels),

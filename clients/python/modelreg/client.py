@@ -588,6 +588,7 @@ class Registry:
         format: str = packages.DEFAULT_FORMAT,
         progress: ProgressCallback | None = None,
         parallelism: int = 4,
+        use_presigned_urls: bool | None = None,
         run_id: str = "",
         description: str = "",
         labels: Mapping[str, str] | None = None,
@@ -618,6 +619,10 @@ class Registry:
             progress: Called as `progress(sent_bytes, total_bytes)` while blobs are sent, from worker
                 threads (never two calls at once); `total_bytes` counts only what must be sent.
             parallelism: Files hashed and blobs sent at the same time.
+            use_presigned_urls: None (default): blobs from 16 MiB to 5 GiB are PUT straight to object
+                storage over a URL the registry signs (CreateDirectUpload), which binds the blob's sha256;
+                others, and all of them when the registry or object storage does not allow it, stream
+                through the registry. True: direct only. False: through the registry only.
             run_id, description, labels, metrics, lineage, input_schema, output_schema, dependencies,
                 request_id: Fields of the new version, as in :meth:`create_model_version`.
 
@@ -640,8 +645,11 @@ class Registry:
         missing = self._find_missing([*(f.digest for f in hashed), digest])
         uploads = packages.plan_uploads(hashed, missing)
         tracker = packages.Progress(progress, sum(u.size for u in uploads))
+        route = presigned.UploadRoute(use_presigned_urls)
         tracker.report()
-        self._in_parallel(lambda u: self._upload_blob(u, tracker, cancelled), uploads, parallelism, cancelled)
+        self._in_parallel(
+            lambda u: self._upload_blob(u, tracker, cancelled, route), uploads, parallelism, cancelled
+        )
         if digest in missing:
             self._upload_blob(BlobUpload(digest, len(data), data), packages.Progress(None), cancelled)
         return self.create_model_version(
@@ -876,8 +884,42 @@ class Registry:
             start, timeout=self.config.timeout, metadata=self.config.call_metadata
         )
 
-    def _upload_blob(self, blob: BlobUpload, tracker: packages.Progress, cancelled: threading.Event) -> None:
-        """Send one blob, in one stream or through a resumable session, retrying broken streams."""
+    def _upload_direct(
+        self, blob: BlobUpload, tracker: packages.Progress, cancelled: threading.Event
+    ) -> None:
+        """CreateDirectUpload, one PUT to object storage, CommitDirectUpload."""
+        request = artifact_pb2.CreateDirectUploadRequest(digest=blob.digest, size=blob.size)
+        ticket = self._call(self._artifacts.CreateDirectUpload, request)
+        if not ticket.already_stored:
+            presigned.put_blob(
+                ticket.url,
+                dict(ticket.headers),
+                blob,
+                on_sent=lambda sent: tracker.update(blob.digest, sent),
+                cancelled=cancelled,
+                timeout=self.config.timeout,
+            )
+            commit = artifact_pb2.CommitDirectUploadRequest(digest=blob.digest, size=blob.size)
+            self._call(self._artifacts.CommitDirectUpload, commit)
+        tracker.update(blob.digest, blob.size)
+
+    def _upload_blob(
+        self,
+        blob: BlobUpload,
+        tracker: packages.Progress,
+        cancelled: threading.Event,
+        route: presigned.UploadRoute | None = None,
+    ) -> None:
+        """Send one blob: straight to object storage when `route` says so, else in one stream or through a
+        resumable session, retrying broken streams."""
+        if route is not None and route.direct(blob.size):
+            try:
+                self._upload_direct(blob, tracker, cancelled)
+                route.reached()
+                return
+            except Exception as exc:
+                if cancelled.is_set() or not route.fall_back(exc):
+                    raise
         upload_id, offset, attempt = "", 0, 0
         while True:
             stream: packages.UploadStream | None = None

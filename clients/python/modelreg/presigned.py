@@ -1,4 +1,6 @@
-"""Blob downloads straight from object storage over presigned URLs, in parallel byte ranges.
+"""Blob transfers straight to and from object storage over presigned URLs.
+
+**Downloads** come in parallel byte ranges.
 
 A large blob is split into ranges of :data:`RANGE_SIZE`; up to `parallelism` of them are fetched at once
 and written into the blob's partial file at their offsets. As soon as the ranges from the current end of
@@ -8,22 +10,30 @@ them, so the sha256 check overlaps the transfer and a broken fetch keeps every b
 With `use_presigned_urls=None` (the SDK default), blobs of :data:`PRESIGNED_MIN_SIZE` and more take this
 path and smaller ones stream through the registry. When object storage cannot be reached from the client
 (an S3 endpoint that is only visible inside the cluster, say), the SDK falls back to the registry stream.
+
+**Uploads** of blobs from :data:`PRESIGNED_MIN_SIZE` to :data:`MAX_DIRECT_UPLOAD` are one PUT to the URL
+of `CreateDirectUpload`, which signs the blob's SHA-256 and `If-None-Match: *`: object storage itself
+refuses bytes that do not hash to the digest, and `CommitDirectUpload` then makes the blob visible. A
+registry whose object store does not enforce that (FAILED_PRECONDITION), or an object store the client
+cannot reach, sends the blob through the registry's UploadBlob stream instead.
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import threading
+import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import Final
+from typing import IO, Final
 
 import grpc
 
 from modelreg import packages
-from modelreg.errors import Cancelled, ModelregError
+from modelreg.errors import Cancelled, DataLoss, ModelregError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +44,8 @@ RANGE_SIZE: Final = 64 * MiB
 """Bytes per ranged GET of a parallel presigned download."""
 RANGE_PARALLELISM: Final = 4
 """Ranged GETs of one blob in flight at once."""
+MAX_DIRECT_UPLOAD: Final = 5 * 1024 * MiB
+"""The largest blob one S3 PUT may create; larger ones go through the registry (resumable)."""
 
 # A registry that cannot issue URLs (no object store configured, an older server) answers with these.
 _NO_URLS = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED})
@@ -71,6 +83,112 @@ class Route:
             log.warning("presigned download failed (%s); streaming through the registry instead", error)
         self._unreachable = True
         return True
+
+
+class UploadRoute:
+    """Which path the blobs of one upload take, for `use_presigned_urls=mode` (as :class:`Route`).
+
+    In the default mode a blob the direct path fails for goes through the registry; if object storage
+    was never reached, every later blob of the upload goes through the registry at once.
+    """
+
+    def __init__(self, mode: bool | None) -> None:
+        self.mode = mode
+        self._unreachable = False
+        self._reached = False
+
+    def direct(self, size: int) -> bool:
+        """Whether a blob of `size` bytes is PUT straight to object storage."""
+        if size > MAX_DIRECT_UPLOAD:
+            return False
+        if self.mode is None:
+            return not self._unreachable and size >= PRESIGNED_MIN_SIZE
+        return self.mode
+
+    def reached(self) -> None:
+        """Record that a blob went straight to object storage."""
+        self._reached = True
+
+    def fall_back(self, error: BaseException) -> bool:
+        """Record a failed direct upload; True when the blob should go through the registry instead."""
+        if self.mode is not None or not can_fall_back(error):
+            return False
+        if not self._reached and not self._unreachable:
+            log.warning("direct upload failed (%s); uploading through the registry instead", error)
+            self._unreachable = True
+        return True
+
+
+def put_blob(
+    url: str,
+    headers: Mapping[str, str],
+    blob: packages.BlobUpload,
+    *,
+    on_sent: Callable[[int], None] | None = None,
+    cancelled: threading.Event | None = None,
+    timeout: float | None = None,
+) -> None:
+    """PUT the blob's bytes to a `CreateDirectUpload` URL with its signed headers. Blocking.
+
+    An object that exists already (HTTP 412: stored meanwhile by another upload) counts as done; the
+    commit checks it.
+
+    Raises:
+        DataLoss: Object storage refused the bytes as not matching the digest (`DIGEST_MISMATCH`: the
+            file changed while it was read).
+        http.client.HTTPException, ConnectionError, TimeoutError: The request failed or was refused.
+    """
+    packages.check_url(url)
+    parts = urllib.parse.urlsplit(url)
+    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = connection_class(parts.netloc, timeout=timeout, blocksize=packages.CHUNK_SIZE)
+    try:
+        with blob.open() as source:
+            body = _Reader(source, on_sent, cancelled)
+            connection.request(
+                "PUT",
+                f"{parts.path}?{parts.query}",
+                body=body,
+                headers={**headers, "Content-Length": str(blob.size)},
+            )
+            response = connection.getresponse()
+            answer = response.read(4096)
+    finally:
+        connection.close()
+    if response.status in (200, 412):
+        return
+    if response.status == 400 and b"BadDigest" in answer:
+        raise DataLoss(
+            f"object storage refused the bytes of {blob.digest}: they hash differently "
+            "(did the file change while it was uploaded?)",
+            reason="DIGEST_MISMATCH",
+        )
+    raise DirectUploadRefused(f"object storage answered HTTP {response.status}: {answer[:300]!r}")
+
+
+class DirectUploadRefused(http.client.HTTPException):
+    """Object storage refused a direct upload (expired URL, signature, permissions)."""
+
+
+class _Reader:
+    """A file reader that reports the bytes read so far and stops when cancelled."""
+
+    def __init__(
+        self, source: IO[bytes], on_sent: Callable[[int], None] | None, cancelled: threading.Event | None
+    ) -> None:
+        self._source = source
+        self._on_sent = on_sent
+        self._cancelled = cancelled
+        self._position = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if self._cancelled is not None and self._cancelled.is_set():
+            raise Cancelled("upload cancelled")
+        data = self._source.read(size)
+        self._position += len(data)
+        if self._on_sent is not None:
+            self._on_sent(self._position)
+        return data
 
 
 def can_fall_back(error: BaseException) -> bool:

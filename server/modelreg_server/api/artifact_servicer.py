@@ -19,6 +19,7 @@ from modelreg_server.api.status import streaming, unary
 from modelreg_server.domain import errors
 from modelreg_server.domain.access import AccessControl
 from modelreg_server.domain.artifacts import MAX_FIND_MISSING, Artifacts
+from modelreg_server.domain.direct_uploads import DirectUploads
 from modelreg_server.domain.permissions import Permission
 from modelreg_server.domain.uploads import Chunk, UploadHeader, effective_committed
 from modelreg_server.storage.blob_repo import SessionRow
@@ -209,3 +210,40 @@ class ArtifactServicer(pb_grpc.ArtifactServiceServicer):
         expire.GetCurrentTime()
         expire.FromSeconds(expire.seconds + int(valid_for.total_seconds()))
         return pb.GetBlobDownloadUrlResponse(url=url, expire_time=expire)
+
+    @unary
+    async def CreateDirectUpload(
+        self, request: pb.CreateDirectUploadRequest, context: Context
+    ) -> pb.DirectUpload:
+        await self._write(context, "blobs")
+        v = val.Violations()
+        val.check_digest("digest", request.digest, v, required=True)
+        if request.size < 0:
+            v.add("size", "must be ≥ 0")
+        if request.HasField("expiry"):
+            val.check_duration("expiry", request.expiry, v)
+        v.check()
+        expiry = request.expiry.ToTimedelta() if request.HasField("expiry") else timedelta(0)
+        ticket = await DirectUploads(self._store).create(request.digest, request.size, expiry)
+        response = pb.DirectUpload(
+            url=ticket.url, headers=ticket.headers, already_stored=ticket.already_stored
+        )
+        if ticket.expire_time is not None:
+            response.expire_time.CopyFrom(_timestamp(ticket.expire_time))
+        return response
+
+    @unary
+    async def CommitDirectUpload(self, request: pb.CommitDirectUploadRequest, context: Context) -> pb.Blob:
+        await self._write(context, "blobs")
+        v = val.Violations()
+        val.check_digest("digest", request.digest, v, required=True)
+        if request.size < 0:
+            v.add("size", "must be ≥ 0")
+        v.check()
+        row, created = await DirectUploads(self._store).commit(request.digest, request.size)
+        if created:
+            telemetry.bytes_uploaded.add(row.size)
+            await self.access.audit.record_alone(
+                caller(context), f"blobs/{row.digest}", size=row.size, path="direct"
+            )
+        return pb.Blob(digest=row.digest, size=row.size, create_time=_timestamp(row.create_time))

@@ -9,11 +9,14 @@ upload becomes `Missing`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
+import hashlib
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,6 +31,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from modelreg_server import telemetry
 from modelreg_server.domain import errors
+from modelreg_server.storage.s3_presign import Credentials, presign
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +102,19 @@ class BlobStore:
     """One bucket, with every minio call moved off the event loop."""
 
     def __init__(
-        self, client: Minio, bucket: str, *, max_workers: int = 16, presigner: Minio | None = None
+        self,
+        client: Minio,
+        bucket: str,
+        *,
+        max_workers: int = 16,
+        presigner: Minio | None = None,
+        signing: DirectSigning | None = None,
     ) -> None:
         self._client = client
         self._presigner = presigner or client
+        self._signing = signing
+        # Not probed yet (False), supported (None), or why not (str).
+        self._direct_checked: str | bool | None = False
         self.bucket = bucket
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="blobstore")
         self._bucket_ready = False
@@ -136,7 +149,10 @@ class BlobStore:
             http_client=http,
         )
         presigner = None
+        base_url = f"{'https' if secure else 'http'}://{endpoint}"
+        public_url = base_url
         if public_endpoint:
+            public_url = public_endpoint.rstrip("/")
             public = urllib.parse.urlsplit(public_endpoint)
             if public.scheme not in ("http", "https") or not public.netloc or public.path.strip("/"):
                 raise ValueError(
@@ -149,7 +165,10 @@ class BlobStore:
                 secure=public.scheme == "https",
                 region="us-east-1",  # signing only: this client never connects
             )
-        return cls(client, bucket, presigner=presigner)
+        signing = None
+        if access_key and secret_key:
+            signing = DirectSigning(Credentials(access_key, secret_key), base_url, public_url, http)
+        return cls(client, bucket, presigner=presigner, signing=signing)
 
     def _submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
@@ -320,6 +339,54 @@ class BlobStore:
         """A URL that GETs the object without credentials until it expires."""
         return await self._call(self._presigner.presigned_get_object, self.bucket, key, expires=expires)
 
+    # --- direct uploads ---------------------------------------------------------------------------------
+
+    def presigned_put(self, key: str, headers: Mapping[str, str], expires: timedelta) -> str:
+        """A URL (on the public endpoint) that PUTs key only when sent with exactly `headers`."""
+        if self._signing is None:
+            raise errors.FailedPrecondition(
+                "object storage has no credentials to sign with", "DIRECT_UPLOAD_UNSUPPORTED"
+            )
+        return self._signing.url("PUT", self.bucket, key, headers, expires, public=True)
+
+    async def head_checksum(self, key: str) -> tuple[int, str | None] | None:
+        """Size and stored SHA-256 checksum (base64, None when the object has none), or None when absent."""
+
+        def head() -> tuple[int, str | None]:
+            response = self._client._execute(
+                "HEAD", self.bucket, key, headers={"x-amz-checksum-mode": "ENABLED"}
+            )
+            return int(response.headers.get("content-length", "0")), response.headers.get(
+                "x-amz-checksum-sha256"
+            )
+
+        try:
+            return await self._call(head)
+        except Missing:
+            return None
+
+    async def direct_upload_problem(self) -> str | None:
+        """Why direct uploads cannot be offered, or None when they can (probed once per process).
+
+        Direct uploads are safe only where object storage enforces what the URL signs: the checksum (bytes
+        that do not hash to it are refused), the signed headers themselves (a PUT without them is
+        refused) and `If-None-Match: *` (an existing object is never replaced). A store that lets any of
+        these pass (SeaweedFS without identities accepts anything) gets uploads through the registry only.
+        """
+        if self._direct_checked is not False:
+            return self._direct_checked if isinstance(self._direct_checked, str) else None
+        if self._signing is None:
+            problem: str | None = "object storage has no credentials to sign URLs with"
+        else:
+            await self.ready()
+            problem = await self._call(
+                self._signing.probe, self.bucket, f"{STAGING_PREFIX}probe-{uuid.uuid4()}"
+            )
+        if problem is not None:
+            log.warning("direct uploads disabled: %s", problem)
+        self._direct_checked = problem
+        return problem
+
     async def probe(self) -> None:
         """One cheap request: raises errors.Unavailable when S3 does not answer."""
         await self._call(self._client.bucket_exists, self.bucket)
@@ -327,6 +394,56 @@ class BlobStore:
     def close(self) -> None:
         """Stops the worker threads once their current calls end."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class DirectSigning:
+    """Signs URLs with headers (see `s3_presign`) and probes whether the store enforces them."""
+
+    credentials: Credentials
+    base_url: str
+    public_url: str
+    http: urllib3.PoolManager
+
+    def url(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        headers: Mapping[str, str],
+        expires: timedelta,
+        *,
+        public: bool,
+    ) -> str:
+        """A presigned URL on the public (or the registry's own) endpoint."""
+        base = self.public_url if public else self.base_url
+        return presign(method, base, bucket, key, self.credentials, expires=expires, headers=headers)
+
+    def probe(self, bucket: str, key: str) -> str | None:
+        """Tries a direct upload's guarantees on a scratch key; returns what failed, or None. Blocking;
+        urllib3 errors (storage unreachable: nothing learned) propagate."""
+        data = b"modelreg direct-upload probe"
+        headers = {
+            "x-amz-checksum-sha256": base64.b64encode(hashlib.sha256(data).digest()).decode(),
+            "If-None-Match": "*",
+        }
+        url = self.url("PUT", bucket, key, headers, timedelta(minutes=1), public=False)
+        try:
+            attempts = [
+                ("bytes that do not match the signed checksum were stored", headers, b"tampered", 400),
+                ("a PUT without the signed headers was accepted", {}, data, 403),
+                ("the direct upload itself failed", headers, data, 200),
+                ("an existing object was replaced despite If-None-Match", headers, data, 412),
+            ]
+            for failure, sent, body, expected in attempts:
+                response = self.http.request("PUT", url, body=body, headers=sent, retries=False)
+                if response.status != expected:
+                    return f"{failure} (HTTP {response.status}, expected {expected})"
+            return None
+        finally:
+            with contextlib.suppress(urllib3.exceptions.HTTPError):
+                remove = self.url("DELETE", bucket, key, {}, timedelta(minutes=1), public=False)
+                self.http.request("DELETE", remove, retries=False)
 
 
 def _end_span(span: Span, done: asyncio.Future[Any]) -> None:

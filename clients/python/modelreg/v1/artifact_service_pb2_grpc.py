@@ -83,6 +83,16 @@ class ArtifactServiceStub:
                 request_serializer=modelreg_dot_v1_dot_artifact__service__pb2.GetBlobDownloadUrlRequest.SerializeToString,
                 response_deserializer=modelreg_dot_v1_dot_artifact__service__pb2.GetBlobDownloadUrlResponse.FromString,
                 _registered_method=True)
+        self.CreateDirectUpload = channel.unary_unary(
+                '/modelreg.v1.ArtifactService/CreateDirectUpload',
+                request_serializer=modelreg_dot_v1_dot_artifact__service__pb2.CreateDirectUploadRequest.SerializeToString,
+                response_deserializer=modelreg_dot_v1_dot_artifact__service__pb2.DirectUpload.FromString,
+                _registered_method=True)
+        self.CommitDirectUpload = channel.unary_unary(
+                '/modelreg.v1.ArtifactService/CommitDirectUpload',
+                request_serializer=modelreg_dot_v1_dot_artifact__service__pb2.CommitDirectUploadRequest.SerializeToString,
+                response_deserializer=modelreg_dot_v1_dot_artifact__service__pb2.Blob.FromString,
+                _registered_method=True)
 
 
 class ArtifactServiceServicer:
@@ -159,6 +169,27 @@ class ArtifactServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateDirectUpload(self, request, context):
+        """Starts a direct upload: a presigned HTTP PUT URL that stores the blob in object storage without
+        passing its bytes through the registry. The URL signs the blob's SHA-256 and `If-None-Match: *`,
+        so object storage refuses bytes that do not hash to the digest and never replaces a stored object.
+        Send the PUT with exactly `headers`, then call `CommitDirectUpload`. A blob the server holds
+        already comes back with `already_stored` and no URL. FAILED_PRECONDITION (DIRECT_UPLOAD_UNSUPPORTED)
+        when the object store does not enforce those guarantees (upload with `UploadBlob` instead);
+        INVALID_ARGUMENT (BLOB_TOO_LARGE) over 5 GiB, the limit of one S3 PUT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitDirectUpload(self, request, context):
+        """Makes a directly uploaded blob visible once object storage holds it with the declared size and
+        checksum. FAILED_PRECONDITION (BLOB_NOT_UPLOADED) when it does not (yet).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ArtifactServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +232,16 @@ def add_ArtifactServiceServicer_to_server(servicer, server):
                     servicer.GetBlobDownloadUrl,
                     request_deserializer=modelreg_dot_v1_dot_artifact__service__pb2.GetBlobDownloadUrlRequest.FromString,
                     response_serializer=modelreg_dot_v1_dot_artifact__service__pb2.GetBlobDownloadUrlResponse.SerializeToString,
+            ),
+            'CreateDirectUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateDirectUpload,
+                    request_deserializer=modelreg_dot_v1_dot_artifact__service__pb2.CreateDirectUploadRequest.FromString,
+                    response_serializer=modelreg_dot_v1_dot_artifact__service__pb2.DirectUpload.SerializeToString,
+            ),
+            'CommitDirectUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitDirectUpload,
+                    request_deserializer=modelreg_dot_v1_dot_artifact__service__pb2.CommitDirectUploadRequest.FromString,
+                    response_serializer=modelreg_dot_v1_dot_artifact__service__pb2.Blob.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -427,6 +468,60 @@ class ArtifactService:
             '/modelreg.v1.ArtifactService/GetBlobDownloadUrl',
             modelreg_dot_v1_dot_artifact__service__pb2.GetBlobDownloadUrlRequest.SerializeToString,
             modelreg_dot_v1_dot_artifact__service__pb2.GetBlobDownloadUrlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateDirectUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelreg.v1.ArtifactService/CreateDirectUpload',
+            modelreg_dot_v1_dot_artifact__service__pb2.CreateDirectUploadRequest.SerializeToString,
+            modelreg_dot_v1_dot_artifact__service__pb2.DirectUpload.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitDirectUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelreg.v1.ArtifactService/CommitDirectUpload',
+            modelreg_dot_v1_dot_artifact__service__pb2.CommitDirectUploadRequest.SerializeToString,
+            modelreg_dot_v1_dot_artifact__service__pb2.Blob.FromString,
             options,
             channel_credentials,
             insecure,

@@ -67,6 +67,19 @@ class ArtifactServiceStub:
     """Streams a blob, or the range `read_offset`, `read_limit` of it, in chunks of at most 1 MiB."""
     GetBlobDownloadUrl: _grpc.UnaryUnaryMultiCallable[_artifact_service_pb2.GetBlobDownloadUrlRequest, _artifact_service_pb2.GetBlobDownloadUrlResponse]
     """Returns a presigned HTTP GET URL of a blob, valid for `expiry`."""
+    CreateDirectUpload: _grpc.UnaryUnaryMultiCallable[_artifact_service_pb2.CreateDirectUploadRequest, _artifact_service_pb2.DirectUpload]
+    """Starts a direct upload: a presigned HTTP PUT URL that stores the blob in object storage without
+    passing its bytes through the registry. The URL signs the blob's SHA-256 and `If-None-Match: *`,
+    so object storage refuses bytes that do not hash to the digest and never replaces a stored object.
+    Send the PUT with exactly `headers`, then call `CommitDirectUpload`. A blob the server holds
+    already comes back with `already_stored` and no URL. FAILED_PRECONDITION (DIRECT_UPLOAD_UNSUPPORTED)
+    when the object store does not enforce those guarantees (upload with `UploadBlob` instead);
+    INVALID_ARGUMENT (BLOB_TOO_LARGE) over 5 GiB, the limit of one S3 PUT.
+    """
+    CommitDirectUpload: _grpc.UnaryUnaryMultiCallable[_artifact_service_pb2.CommitDirectUploadRequest, _artifact_service_pb2.Blob]
+    """Makes a directly uploaded blob visible once object storage holds it with the declared size and
+    checksum. FAILED_PRECONDITION (BLOB_NOT_UPLOADED) when it does not (yet).
+    """
 
 @_typing.type_check_only
 class ArtifactServiceAsyncStub(ArtifactServiceStub):
@@ -106,6 +119,19 @@ class ArtifactServiceAsyncStub(ArtifactServiceStub):
     """Streams a blob, or the range `read_offset`, `read_limit` of it, in chunks of at most 1 MiB."""
     GetBlobDownloadUrl: _aio.UnaryUnaryMultiCallable[_artifact_service_pb2.GetBlobDownloadUrlRequest, _artifact_service_pb2.GetBlobDownloadUrlResponse]  # type: ignore[assignment]
     """Returns a presigned HTTP GET URL of a blob, valid for `expiry`."""
+    CreateDirectUpload: _aio.UnaryUnaryMultiCallable[_artifact_service_pb2.CreateDirectUploadRequest, _artifact_service_pb2.DirectUpload]  # type: ignore[assignment]
+    """Starts a direct upload: a presigned HTTP PUT URL that stores the blob in object storage without
+    passing its bytes through the registry. The URL signs the blob's SHA-256 and `If-None-Match: *`,
+    so object storage refuses bytes that do not hash to the digest and never replaces a stored object.
+    Send the PUT with exactly `headers`, then call `CommitDirectUpload`. A blob the server holds
+    already comes back with `already_stored` and no URL. FAILED_PRECONDITION (DIRECT_UPLOAD_UNSUPPORTED)
+    when the object store does not enforce those guarantees (upload with `UploadBlob` instead);
+    INVALID_ARGUMENT (BLOB_TOO_LARGE) over 5 GiB, the limit of one S3 PUT.
+    """
+    CommitDirectUpload: _aio.UnaryUnaryMultiCallable[_artifact_service_pb2.CommitDirectUploadRequest, _artifact_service_pb2.Blob]  # type: ignore[assignment]
+    """Makes a directly uploaded blob visible once object storage holds it with the declared size and
+    checksum. FAILED_PRECONDITION (BLOB_NOT_UPLOADED) when it does not (yet).
+    """
 
 class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
     """Content-addressed blob storage for model artifacts (in the manner of Bazel's remote-execution CAS and
@@ -190,5 +216,30 @@ class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_artifact_service_pb2.GetBlobDownloadUrlResponse, _abc.Awaitable[_artifact_service_pb2.GetBlobDownloadUrlResponse]]:
         """Returns a presigned HTTP GET URL of a blob, valid for `expiry`."""
+
+    @_abc_1.abstractmethod
+    def CreateDirectUpload(
+        self,
+        request: _artifact_service_pb2.CreateDirectUploadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifact_service_pb2.DirectUpload, _abc.Awaitable[_artifact_service_pb2.DirectUpload]]:
+        """Starts a direct upload: a presigned HTTP PUT URL that stores the blob in object storage without
+        passing its bytes through the registry. The URL signs the blob's SHA-256 and `If-None-Match: *`,
+        so object storage refuses bytes that do not hash to the digest and never replaces a stored object.
+        Send the PUT with exactly `headers`, then call `CommitDirectUpload`. A blob the server holds
+        already comes back with `already_stored` and no URL. FAILED_PRECONDITION (DIRECT_UPLOAD_UNSUPPORTED)
+        when the object store does not enforce those guarantees (upload with `UploadBlob` instead);
+        INVALID_ARGUMENT (BLOB_TOO_LARGE) over 5 GiB, the limit of one S3 PUT.
+        """
+
+    @_abc_1.abstractmethod
+    def CommitDirectUpload(
+        self,
+        request: _artifact_service_pb2.CommitDirectUploadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifact_service_pb2.Blob, _abc.Awaitable[_artifact_service_pb2.Blob]]:
+        """Makes a directly uploaded blob visible once object storage holds it with the declared size and
+        checksum. FAILED_PRECONDITION (BLOB_NOT_UPLOADED) when it does not (yet).
+        """
 
 def add_ArtifactServiceServicer_to_server(servicer: ArtifactServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,11 +1,14 @@
-"""Downloads straight from object storage: presigned URLs, parallel byte ranges, resume and fallback.
+"""Transfers straight to and from object storage: direct uploads (signed checksum, If-None-Match) and
+downloads over presigned URLs in parallel byte ranges, with resume and fallback to the registry.
 
 The thresholds are lowered (blobs of 4 MiB and more go direct, 1 MiB ranges) so small packages exercise
-the same code as multi-gigabyte ones.
+the same code as multi-gigabyte ones. SeaweedFS runs with an identity, so it checks signatures, signed
+headers and checksums as a production S3 does.
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import socket
@@ -18,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from modelreg import AsyncRegistry, Registry, presigned
+from modelreg import AsyncRegistry, FailedPrecondition, InvalidArgument, Registry, presigned
 from modelreg.v1 import artifact_service_pb2 as artifact_pb2
 from tests.integration.test_sdk_packages import assert_same_tree, sha, spy_on, unique
 from tests.support.server import ServerProcess
@@ -186,7 +189,7 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_unreachable_object_storage_falls_back_to_the_registry(
+def test_unreachable_object_storage_falls_back_to_the_registry_both_ways(
     server_env: dict[str, str],
     tmp_path: Path,
     ranges: RangeLog,
@@ -196,13 +199,16 @@ def test_unreachable_object_storage_falls_back_to_the_registry(
     replica = ServerProcess({**server_env, "MODELREG_S3_PUBLIC_ENDPOINT": public}, tmp_path / "replica.log")
     try:
         with Registry(replica.address, timeout=30) as client:
-            version, contents = publish(client, tmp_path / "src")
+            spy = spy_on(client)
+            with caplog.at_level(logging.WARNING, logger="modelreg.presigned"):
+                version, contents = publish(client, tmp_path / "src")
             big = sha(contents["weights/big.bin"][0])
+            assert spy.uploaded_by_digest[big] == BIG  # sent through the registry after all
+            assert "uploading through the registry instead" in caplog.text
             url = client._artifacts.GetBlobDownloadUrl(
                 artifact_pb2.GetBlobDownloadUrlRequest(digest=big), metadata=client.config.call_metadata
             ).url
             assert urllib.parse.urlsplit(url).netloc == urllib.parse.urlsplit(public).netloc
-            spy = spy_on(client)
             with caplog.at_level(logging.WARNING, logger="modelreg.presigned"):
                 dest = client.download_model(version, tmp_path / "dest", use_cache=False)
             assert_same_tree(dest, contents)
@@ -225,3 +231,109 @@ def test_route_rules() -> None:
     forced = presigned.Route(True)
     assert forced.direct(0) and not forced.fall_back(ConnectionRefusedError())
     assert not presigned.Route(False).direct(sys.maxsize)
+
+
+# --- direct uploads --------------------------------------------------------------------------------------
+
+
+def test_large_blobs_are_put_straight_to_object_storage(
+    registry: Registry, ranges: RangeLog, tmp_path: Path
+) -> None:
+    spy = spy_on(registry)
+    seen: list[tuple[int, int]] = []
+    contents = make_package(tmp_path / "src")
+    model = unique("direct-up")
+    registry.create_model(model)
+    version = registry.upload_model(model, tmp_path / "src", progress=lambda d, t: seen.append((d, t)))
+    big = sha(contents["weights/big.bin"][0])
+    assert big not in spy.uploaded_by_digest  # not a byte of it through UploadBlob
+    assert spy.uploaded_by_digest[sha(contents["model.onnx"][0])] == 100_000  # small blobs still are
+    total = sum(len(data) for data, _ in contents.values())
+    assert seen[-1] == (total, total)
+    assert (
+        registry._artifacts.StatBlob(
+            artifact_pb2.StatBlobRequest(digest=big), metadata=registry.config.call_metadata
+        ).size
+        == BIG
+    )
+    # The registry's own stream reads what the direct upload stored.
+    dest = registry.download_model(version, tmp_path / "dest", use_cache=False, use_presigned_urls=False)
+    assert_same_tree(dest, contents)
+    again = registry.upload_model(model, tmp_path / "src")
+    assert again.artifact_digest == version.artifact_digest
+
+
+class Direct:
+    """CreateDirectUpload / CommitDirectUpload and raw PUTs, as a client that might misbehave."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def create(self, data: bytes, size: int | None = None) -> artifact_pb2.DirectUpload:
+        request = artifact_pb2.CreateDirectUploadRequest(
+            digest=sha(data), size=len(data) if size is None else size
+        )
+        return self.registry._call(self.registry._artifacts.CreateDirectUpload, request)
+
+    def commit(self, data: bytes) -> artifact_pb2.Blob:
+        request = artifact_pb2.CommitDirectUploadRequest(digest=sha(data), size=len(data))
+        return self.registry._call(self.registry._artifacts.CommitDirectUpload, request)
+
+    @staticmethod
+    def put(url: str, body: bytes, headers: dict[str, str]) -> int:
+        parts = urllib.parse.urlsplit(url)
+        connection = http.client.HTTPConnection(parts.netloc, timeout=30)
+        try:
+            connection.request("PUT", f"{parts.path}?{parts.query}", body=body, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            return response.status
+        finally:
+            connection.close()
+
+
+def test_object_storage_enforces_what_a_direct_upload_url_signs(registry: Registry) -> None:
+    direct = Direct(registry)
+    data = os.urandom(3000)
+    ticket = direct.create(data)
+    assert not ticket.already_stored and ticket.url.startswith("http")
+    headers = dict(ticket.headers)
+    assert set(headers) == {"x-amz-checksum-sha256", "If-None-Match"}
+    with pytest.raises(FailedPrecondition) as early:
+        direct.commit(data)  # nothing PUT yet
+    assert early.value.reason == "BLOB_NOT_UPLOADED"
+    assert direct.put(ticket.url, os.urandom(3000), headers) == 400  # other bytes: BadDigest
+    assert direct.put(ticket.url, data, {}) == 403  # the signed headers left out
+    assert direct.put(ticket.url, data, {**headers, "If-None-Match": "other"}) == 403
+    assert sha(data) in registry._find_missing([sha(data)])  # nothing of it is visible yet
+    assert direct.put(ticket.url, data, headers) == 200
+    blob = direct.commit(data)
+    assert (blob.digest, blob.size) == (sha(data), 3000)
+    assert direct.put(ticket.url, os.urandom(3000), headers) in (400, 412)
+    assert direct.put(ticket.url, data, headers) == 412  # never replaced, even with the right bytes
+    stream = registry._artifacts.DownloadBlob(
+        artifact_pb2.DownloadBlobRequest(digest=sha(data)), metadata=registry.config.call_metadata
+    )
+    assert b"".join(r.data for r in stream) == data
+    assert registry._find_missing([sha(data)]) == set()
+    assert direct.create(data).already_stored
+    assert direct.commit(data).digest == sha(data)  # committing again is harmless
+
+
+def test_direct_upload_requests_are_checked(registry: Registry) -> None:
+    direct = Direct(registry)
+    with pytest.raises(InvalidArgument) as caught:
+        direct.create(b"x", size=5 * 1024**3 + 1)
+    assert caught.value.reason == "BLOB_TOO_LARGE"
+    with pytest.raises(InvalidArgument):
+        registry._call(
+            registry._artifacts.CreateDirectUpload,
+            artifact_pb2.CreateDirectUploadRequest(digest="sha256:nothex", size=1),
+        )
+    stored = os.urandom(500)
+    ticket = direct.create(stored)
+    assert direct.put(ticket.url, stored, dict(ticket.headers)) == 200
+    direct.commit(stored)
+    with pytest.raises(InvalidArgument) as wrong:
+        direct.create(stored, size=501)
+    assert wrong.value.reason == "SIZE_MISMATCH"
