@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env(**overrides)
     if args.command == "serve":
         from modelreg_server.app import serve
+        from modelreg_server.memory import tune_malloc
 
+        tune_malloc()  # before the storage and gRPC threads start
         code: int = asyncio.run(serve(settings))
         return code
     if args.command == "migrate":

@@ -776,6 +776,20 @@ class Seeder:
                 )
             )
         )
+        await opt(
+            artifacts.CreateDirectUpload(
+                artifact_pb.CreateDirectUploadRequest(
+                    digest=sha(b"direct"), size=6, expiry=duration_pb2.Duration(seconds=60)
+                )
+            )
+        )
+        stored = await opt(artifacts.StatBlob(artifact_pb.StatBlobRequest(digest=package)))
+        if stored is not None:
+            await opt(
+                artifacts.CommitDirectUpload(
+                    artifact_pb.CommitDirectUploadRequest(digest=package, size=stored.size)
+                )
+            )
         session = await artifacts.StartUpload(artifact_pb.StartUploadRequest(digest=sha(b"pending"), size=7))
         await opt(
             artifacts.QueryUploadStatus(artifact_pb.QueryUploadStatusRequest(upload_id=session.upload_id))

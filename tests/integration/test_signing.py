@@ -453,7 +453,9 @@ async def test_sdk_signs_and_download_verifies_the_signature(
         # A poisoned local cache, used without digest checks: the signature check still catches it.
         blob_cache = BlobCache(cache)
         digest = "sha256:" + hashlib.sha256(files["model.onnx"]).hexdigest()
-        blob_cache.path_for(digest).write_bytes(b"x" * len(files["model.onnx"]))
+        entry = blob_cache.path_for(digest)
+        entry.unlink()  # replaced, not edited: a new file that no installed copy shares
+        entry.write_bytes(b"x" * len(files["model.onnx"]))
         with pytest.raises(DataLoss) as tampered:
             await registry.download_model(
                 version, tmp_path / "tampered", cache_dir=cache, verify=False, verify_signature=key.key_id

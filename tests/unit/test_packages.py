@@ -543,6 +543,25 @@ def test_cache_layout_and_default_location(tmp_path: Path) -> None:
     assert packages.open_cache(tmp_path, True).root == tmp_path  # type: ignore[union-attr]
 
 
+def test_adopted_entries_share_the_installed_file_and_are_rehashed_while_they_do(tmp_path: Path) -> None:
+    cache = BlobCache(tmp_path / "cache")
+    data = os.urandom(1000)
+    installed = tmp_path / "dest" / "model.bin"
+    installed.parent.mkdir()
+    installed.write_bytes(data)
+    cache.adopt(sha(data), installed)
+    entry = cache.path_for(sha(data))
+    assert entry.stat().st_ino == installed.stat().st_ino  # no second copy of the bytes
+    assert cache.lookup(sha(data), len(data), verify=False) == entry
+    with installed.open("r+b") as f:  # the user edits the installed file in place
+        f.write(bytes([data[0] ^ 1]))
+    # Even unverified lookups re-hash an entry that is still linked: the edit is caught, never served.
+    assert cache.lookup(sha(data), len(data), verify=False) is None
+    assert not entry.exists() and installed.exists()
+    cache.adopt(sha(data), tmp_path / "nowhere")  # cannot link (or copy) a missing file: no entry
+    assert not entry.exists()
+
+
 def test_cache_store_lookup_and_eviction_of_tampered_entries(tmp_path: Path) -> None:
     cache = BlobCache(tmp_path / "cache")
     data = os.urandom(1000)

@@ -791,9 +791,9 @@ class AsyncRegistry:
                     await asyncio.to_thread(writer.restart)
         finally:
             writer.close()
-        if cache is not None:
-            await asyncio.to_thread(cache.store, fetch.digest, path)
         await asyncio.to_thread(packages.install, root, fetch, path, move=True)
+        if cache is not None:
+            await asyncio.to_thread(cache.adopt, fetch.digest, fetch.targets[0][0])
 
     async def _receive(
         self,

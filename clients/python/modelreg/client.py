@@ -711,8 +711,9 @@ class Registry:
         against its sha256 while streaming, then renamed into place with the manifest's permission bits.
         An interrupted download resumes: the bytes of a `.partial` file are re-hashed and only the rest
         is fetched. Blobs are kept in a local content-addressed cache, so pulling the same files again
-        downloads nothing (files are copied out of the cache, never linked, so editing them cannot
-        corrupt it). Other files in `dest` are left alone.
+        downloads nothing: a fresh download enters the cache as a hard link to the installed file (its
+        bytes are written once), cached blobs are always copied out, and an entry whose file was edited
+        since is re-hashed and dropped rather than used. Other files in `dest` are left alone.
 
         Args:
             ref: A version (`models/m/versions/3`, `m/3`), an alias (`models/m@champion`, `m@champion`),
@@ -1020,9 +1021,9 @@ class Registry:
                     writer.restart()
         finally:
             writer.close()
-        if cache is not None:
-            cache.store(fetch.digest, path)
         packages.install(root, fetch, path, move=True)
+        if cache is not None:
+            cache.adopt(fetch.digest, fetch.targets[0][0])
 
     def _receive(
         self,

@@ -765,6 +765,12 @@ class BlobCache:
 
     Entries appear atomically (written aside, then renamed). One that no longer matches its digest is
     removed when found, and the blob is fetched again. A cache that cannot be written is skipped.
+
+    A freshly downloaded blob enters the cache as a hard link to the file it was installed as
+    (:meth:`adopt`), so a large download writes its bytes once. Editing that file in place would change
+    the entry too: lookups with `verify` re-hash every entry anyway, and lookups without it re-hash an
+    entry that still has another name, so a changed entry is never handed out. Entries are always
+    copied *out* of the cache.
     """
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
@@ -784,12 +790,20 @@ class BlobCache:
         except OSError:
             return False
 
+    def _shared(self, digest: str) -> bool:
+        """Whether the entry has other names (an installed file it was adopted from), which may edit it."""
+        try:
+            return self.path_for(digest).stat().st_nlink > 1
+        except OSError:
+            return True
+
     def lookup(self, digest: str, size: int, *, verify: bool = True) -> Path | None:
-        """The entry of `digest`, or None; with `verify`, an entry whose bytes do not match is evicted."""
+        """The entry of `digest`, or None; with `verify` (and always for an entry still linked to an
+        installed file), an entry whose bytes do not match is evicted."""
         path = self.path_for(digest)
         if not self.has(digest, size):
             return None
-        if verify and hash_file(path)[0] != digest:
+        if (verify or self._shared(digest)) and hash_file(path)[0] != digest:
             log.warning("cached blob %s does not match its digest; removing it", path)
             self.evict(digest)
             return None
@@ -820,6 +834,23 @@ class BlobCache:
                 temporary.write_bytes(source)
             else:
                 shutil.copyfile(source, temporary)
+            os.replace(temporary, target)
+        except OSError as exc:
+            log.warning("cannot add %s to the blob cache %s: %s", digest, self.root, exc)
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+
+    def adopt(self, digest: str, installed: Path) -> None:
+        """Add a verified blob by hard-linking the file it was installed as (a copy where links fail)."""
+        target = self.path_for(digest)
+        temporary = _temporary_sibling(target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(installed, temporary)
+        except OSError:
+            self.store(digest, installed)
+            return
+        try:
             os.replace(temporary, target)
         except OSError as exc:
             log.warning("cannot add %s to the blob cache %s: %s", digest, self.root, exc)

@@ -27,7 +27,7 @@ import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import IO, Final
 
 import grpc
@@ -264,7 +264,7 @@ def _fetch_in_parallel(
             pending = set(futures)
             try:
                 while pending:
-                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     failed = [f for f in done if f.exception() is not None]
                     arrived.update(futures[f][0] for f in done if f.exception() is None)
                     # Hash whatever now continues the verified prefix (while later ranges still arrive, or
@@ -319,14 +319,15 @@ def _fetch_range(
         if response.status != 206:
             raise _RangeIgnored(f"object storage ignored the byte range (HTTP {response.status})")
         position = low
+        buffer = memoryview(bytearray(packages.CHUNK_SIZE))  # reused: no allocation per read
         while position < high:
             if stop.is_set():
                 return
             if cancelled is not None and cancelled.is_set():
                 raise Cancelled("download cancelled")
-            data = response.read(min(packages.CHUNK_SIZE, high - position))
-            if not data:
+            received = response.readinto(buffer[: min(len(buffer), high - position)])
+            if not received:
                 raise ConnectionError(f"object storage ended the range at byte {position} of {low}-{high}")
-            os.pwrite(fd, data, position)
-            position += len(data)
-            progress.add(len(data))
+            os.pwrite(fd, buffer[:received], position)
+            position += received
+            progress.add(received)
