@@ -7,11 +7,13 @@ a known point: inside the server's transaction, after it took the registry-wide 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import grpc
 import pytest
 
 from modelreg.v1 import lifecycle_service_pb2 as lc
@@ -52,20 +54,18 @@ async def waiting_on_a_lock(conn: asyncpg.Connection, table: str) -> bool:
     return bool(count)
 
 
-async def test_a_cancelled_registration_rolls_back_and_takes_no_version_number(
-    stubs: tuple[ModelRegistryServiceAsyncStub, LifecycleServiceAsyncStub], database_url: str
+async def cancel_while_the_model_is_locked(
+    database_url: str, model: str, start: Callable[[], grpc.aio.UnaryUnaryCall[Any, Any]]
 ) -> None:
-    registry, _ = stubs
-    model = f"cancel-{uuid.uuid4().hex[:8]}"
-    await registry.CreateModel(reg_pb.CreateModelRequest(model_id=model))
-    parent = f"models/{model}"
+    """Holds the model's row lock, starts the call, cancels it once it waits on that lock, and checks
+    that its statement went away with it before the lock is released."""
     holder = await asyncpg.connect(database_url)
     watcher = await asyncpg.connect(database_url)
     try:
         lock = holder.transaction()
         await lock.start()
         await holder.execute("SELECT 1 FROM models WHERE model_id = $1 FOR UPDATE", model)
-        call = registry.CreateModelVersion(reg_pb.CreateModelVersionRequest(parent=parent))
+        call = start()
         await eventually(lambda: waiting_on_a_lock(watcher, "models"))
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -75,12 +75,25 @@ async def test_a_cancelled_registration_rolls_back_and_takes_no_version_number(
         await lock.rollback()
     finally:
         await holder.close()
-    try:
-        assert await watcher.fetchval("SELECT count(*) FROM model_versions WHERE model_id = $1", model) == 0
-        created = await registry.CreateModelVersion(reg_pb.CreateModelVersionRequest(parent=parent))
-        assert created.name == f"{parent}/versions/1"  # gap-free: the cancelled call used no number
-    finally:
         await watcher.close()
+
+
+async def test_a_cancelled_registration_rolls_back_and_takes_no_version_number(
+    stubs: tuple[ModelRegistryServiceAsyncStub, LifecycleServiceAsyncStub], database_url: str
+) -> None:
+    registry, _ = stubs
+    model = f"cancel-{uuid.uuid4().hex[:8]}"
+    await registry.CreateModel(reg_pb.CreateModelRequest(model_id=model))
+    parent = f"models/{model}"
+    await cancel_while_the_model_is_locked(
+        database_url,
+        model,
+        lambda: registry.CreateModelVersion(reg_pb.CreateModelVersionRequest(parent=parent)),
+    )
+    async with _connect(database_url) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM model_versions WHERE model_id = $1", model) == 0
+    created = await registry.CreateModelVersion(reg_pb.CreateModelVersionRequest(parent=parent))
+    assert created.name == f"{parent}/versions/1"  # gap-free: the cancelled call used no number
 
 
 async def test_a_cancelled_alias_move_changes_nothing(
@@ -95,22 +108,11 @@ async def test_a_cancelled_alias_move_changes_nothing(
     alias = f"{parent}/aliases/champion"
     await lifecycle.SetAlias(lc.SetAliasRequest(name=alias, model_version=f"{parent}/versions/1"))
     history_before = await lifecycle.ListAliasHistory(lc.ListAliasHistoryRequest(name=alias))
-    holder = await asyncpg.connect(database_url)
-    watcher = await asyncpg.connect(database_url)
-    try:
-        lock = holder.transaction()
-        await lock.start()
-        await holder.execute("SELECT 1 FROM models WHERE model_id = $1 FOR UPDATE", model)
-        call = lifecycle.SetAlias(lc.SetAliasRequest(name=alias, model_version=f"{parent}/versions/2"))
-        await eventually(lambda: waiting_on_a_lock(watcher, "models"))
-        call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await call
-        await eventually(lambda: _not(waiting_on_a_lock(watcher, "models")))
-        await lock.rollback()
-    finally:
-        await holder.close()
-        await watcher.close()
+    await cancel_while_the_model_is_locked(
+        database_url,
+        model,
+        lambda: lifecycle.SetAlias(lc.SetAliasRequest(name=alias, model_version=f"{parent}/versions/2")),
+    )
     resolved = await lifecycle.GetAlias(lc.GetAliasRequest(name=alias))
     assert resolved.model_version == f"{parent}/versions/1"
     history_after = await lifecycle.ListAliasHistory(lc.ListAliasHistoryRequest(name=alias))
@@ -119,3 +121,12 @@ async def test_a_cancelled_alias_move_changes_nothing(
 
 async def _not(check: Awaitable[bool]) -> bool:
     return not await check
+
+
+@contextlib.asynccontextmanager
+async def _connect(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()

@@ -85,29 +85,17 @@ class Route:
         return True
 
 
-class UploadRoute:
+class UploadRoute(Route):
     """Which path the blobs of one upload take, for `use_presigned_urls=mode` (as :class:`Route`).
 
-    In the default mode a blob the direct path fails for goes through the registry; if object storage
-    was never reached, every later blob of the upload goes through the registry at once.
+    Blobs over :data:`MAX_DIRECT_UPLOAD` always go through the registry. In the default mode a blob the
+    direct path fails for goes through the registry; if object storage was never reached, every later
+    blob of the upload goes through the registry at once.
     """
-
-    def __init__(self, mode: bool | None) -> None:
-        self.mode = mode
-        self._unreachable = False
-        self._reached = False
 
     def direct(self, size: int) -> bool:
         """Whether a blob of `size` bytes is PUT straight to object storage."""
-        if size > MAX_DIRECT_UPLOAD:
-            return False
-        if self.mode is None:
-            return not self._unreachable and size >= PRESIGNED_MIN_SIZE
-        return self.mode
-
-    def reached(self) -> None:
-        """Record that a blob went straight to object storage."""
-        self._reached = True
+        return size <= MAX_DIRECT_UPLOAD and super().direct(size)
 
     def fall_back(self, error: BaseException) -> bool:
         """Record a failed direct upload; True when the blob should go through the registry instead."""
