@@ -276,12 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--digest", default="", metavar="sha256:HEX", help="artifact digest")
     cmd.set_defaults(handler=_versions_create)
 
-    from modelreg import cli_admin, cli_governance  # imported here: both use this module's helpers
+    from modelreg import cli_admin, cli_governance, cli_integrations  # here: they use this module's helpers
 
     cli_admin.add_compare_command(versions, common)
     _add_lifecycle_commands(resources, common)
     cli_admin.add_admin_commands(resources, common)
     cli_governance.add_governance_commands(resources, common)
+    cli_integrations.add_integration_commands(resources, common)
     _add_package_commands(resources, common)
 
     cmd = resources.add_parser(
