@@ -23,7 +23,7 @@ import pytest
 
 from modelreg import AsyncRegistry, FailedPrecondition, InvalidArgument, Registry, presigned
 from modelreg.v1 import artifact_service_pb2 as artifact_pb2
-from tests.integration.test_sdk_packages import assert_same_tree, sha, spy_on, unique
+from tests.integration.test_sdk_packages import assert_same_tree, sha, spy_on, unique, write_tree
 from tests.support.server import ServerProcess
 
 MiB = 1024 * 1024
@@ -37,11 +37,7 @@ def make_package(root: Path) -> dict[str, tuple[bytes, int]]:
         "conf/small.bin": (os.urandom(2000), 0o644),
         "model.onnx": (os.urandom(100_000), 0o644),
     }
-    for relative, (data, mode) in contents.items():
-        target = root / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-        os.chmod(target, mode)
+    write_tree(root, contents)
     return contents
 
 

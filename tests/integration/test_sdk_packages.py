@@ -52,12 +52,17 @@ def make_package(root: Path, big: int = 20 * MiB) -> dict[str, tuple[bytes, int]
         "bin/serve.sh": (b"#!/bin/sh\nexec python -m serve\n", 0o755),
         "données/é.json": (b'{"a": 1}', 0o640),
     }
+    write_tree(root, contents)
+    return contents
+
+
+def write_tree(root: Path, contents: dict[str, tuple[bytes, int]]) -> None:
+    """Writes each `relative path: (bytes, mode)` under root."""
     for relative, (data, mode) in contents.items():
         target = root / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
         os.chmod(target, mode)
-    return contents
 
 
 def assert_same_tree(dest: Path, contents: dict[str, tuple[bytes, int]]) -> None:

@@ -154,10 +154,10 @@ def test_collect_pages_stops_at_the_limit() -> None:
         page = int(token or "0")
         return [page * 10, page * 10 + 1], str(page + 1) if page < 2 else ""
 
-    assert cli_integrations.collect_pages(fetch, None) == [0, 1, 10, 11, 20, 21]
+    assert cli.collect_pages(fetch, None) == [0, 1, 10, 11, 20, 21]
     assert seen == [("", 0), ("1", 0), ("2", 0)]
     seen.clear()
-    assert cli_integrations.collect_pages(fetch, 3) == [0, 1, 10]
+    assert cli.collect_pages(fetch, 3) == [0, 1, 10]
     assert seen == [("", 3), ("1", 3)]
 
 

@@ -52,7 +52,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TextIO, cast
+from typing import Any, TextIO, TypeVar, cast
 
 import grpc
 from google.protobuf import json_format, timestamp_pb2
@@ -465,6 +465,37 @@ def _add_list_options(parser: argparse.ArgumentParser, *, filter_fields: str) ->
 
 def _single_line(text: str) -> str:
     return " ".join(text.split())
+
+
+_Item = TypeVar("_Item")
+
+
+def collect_pages(fetch: Callable[[str, int], tuple[Sequence[_Item], str]], limit: int | None) -> list[_Item]:
+    """Every item of a paged list, or the first `limit`: `fetch(page_token, page_size)` returns a page's
+    items and the next page token (empty on the last page)."""
+    page_size = 0 if limit is None else min(limit, _core.MAX_PAGE_SIZE)
+    items: list[_Item] = []
+    page_token = ""
+    while True:
+        page, page_token = fetch(page_token, page_size)
+        items.extend(page)
+        if limit is not None and len(items) >= limit:
+            return items[:limit]
+        if not page_token:
+            return items
+
+
+def numbered_child(text: str, collection: str, parent: Callable[[str], str], what: str, expected: str) -> str:
+    """`PARENT/COLLECTION/N` from that name or the shorthand `P/N`, where `parent(P)` gives PARENT's full
+    name and `collection` is the segment between slashes (`/deliveries/`). ValueError, naming `what` and
+    the `expected` forms, for anything else."""
+    if collection in text:
+        owner, _, number = text.partition(collection)
+    else:
+        owner, _, number = text.rpartition("/")
+    if not owner or not number.isdigit() or int(number) < 1:
+        raise ValueError(f"not a {what}: {text!r} (expected {expected})")
+    return f"{parent(owner)}{collection}{int(number)}"
 
 
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:

@@ -16,7 +16,7 @@ executed the move and the server refused it (the request is FAILED, with the rea
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TextIO, TypeAlias
 
 from google.protobuf import duration_pb2
@@ -28,9 +28,11 @@ from modelreg.cli import (
     _positive_int,
     _print_one,
     _stage,
+    collect_pages,
     format_fields,
     format_table,
     format_timestamp,
+    numbered_child,
     stage_label,
 )
 from modelreg.client import Registry
@@ -74,15 +76,13 @@ _OPERATORS: dict[gov_pb2.ThresholdOperator.ValueType, str] = {
 
 def promotion_request_name(text: str) -> str:
     """`models/MODEL/promotionRequests/ID` from that name or the shorthand `MODEL/ID`."""
-    if text.startswith("models/") and _REQUESTS in text:
-        model, _, request_id = text.partition(_REQUESTS)
-    else:
-        model, _, request_id = text.rpartition("/")
-    if not model or not request_id.isdigit() or int(request_id) < 1:
-        raise ValueError(
-            f"not a promotion request name: {text!r} (expected models/MODEL/promotionRequests/ID or MODEL/ID)"
-        )
-    return f"{_core.model_name(model)}{_REQUESTS}{int(request_id)}"
+    return numbered_child(
+        text,
+        _REQUESTS,
+        _core.model_name,
+        "promotion request name",
+        "models/MODEL/promotionRequests/ID or MODEL/ID",
+    )
 
 
 def _gates_name(model: str) -> str:
@@ -331,33 +331,19 @@ def _promotions_request(registry: Registry, args: argparse.Namespace, out: TextI
     _print_one(registry._call(_governance(registry).RequestPromotion, request), args, out)
 
 
-def _iter_requests(
-    registry: Registry, parent: str, filter_text: str, page_size: int
-) -> Iterator[gov_pb2.PromotionRequest]:
+def _promotions_list(registry: Registry, args: argparse.Namespace, out: TextIO) -> None:
     stub = _governance(registry)
-    page_token = ""
-    while True:
+    parent = _core.model_name(args.model)
+    filter_text = state_filter(args.state, args.filter)
+
+    def fetch(page_token: str, page_size: int) -> tuple[Sequence[gov_pb2.PromotionRequest], str]:
         request = gov_pb2.ListPromotionRequestsRequest(
             parent=parent, filter=filter_text, page_size=page_size, page_token=page_token
         )
         response = registry._call(stub.ListPromotionRequests, request)
-        yield from response.promotion_requests
-        page_token = response.next_page_token
-        if not page_token:
-            return
+        return response.promotion_requests, response.next_page_token
 
-
-def _promotions_list(registry: Registry, args: argparse.Namespace, out: TextIO) -> None:
-    limit: int | None = args.limit
-    page_size = 0 if limit is None else min(limit, _core.MAX_PAGE_SIZE)
-    requests: list[gov_pb2.PromotionRequest] = []
-    found = _iter_requests(
-        registry, _core.model_name(args.model), state_filter(args.state, args.filter), page_size
-    )
-    for item in found:
-        requests.append(item)
-        if limit is not None and len(requests) >= limit:
-            break
+    requests = collect_pages(fetch, args.limit)
     print(_list_json(requests) if args.json else promotions_table(requests), file=out)
 
 

@@ -13,7 +13,7 @@ before any call, a file that holds a private key.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO, TypeAlias, TypeVar
 
@@ -23,9 +23,11 @@ from modelreg.cli import (
     _message_json,
     _positive_int,
     _print_one,
+    collect_pages,
     format_fields,
     format_table,
     format_timestamp,
+    numbered_child,
 )
 from modelreg.client import Registry
 from modelreg.v1 import lifecycle_service_pb2 as lifecycle_pb2
@@ -38,7 +40,6 @@ __all__ = [
     "DELIVERY_STATES",
     "EVENT_TYPES",
     "add_integration_commands",
-    "collect_pages",
     "deliveries_table",
     "delivery_filter",
     "delivery_name",
@@ -87,15 +88,13 @@ def webhook_name(text: str) -> str:
 
 def delivery_name(text: str) -> str:
     """`webhooks/ID/deliveries/REVISION` from that name or the shorthand `ID/REVISION`."""
-    if _DELIVERIES in text:
-        webhook, _, revision = text.partition(_DELIVERIES)
-    else:
-        webhook, _, revision = text.rpartition("/")
-    if not webhook or not revision.isdigit() or int(revision) < 1:
-        raise ValueError(
-            f"not a webhook delivery name: {text!r} (expected webhooks/ID/deliveries/REVISION or ID/REVISION)"
-        )
-    return f"{webhook_name(webhook)}{_DELIVERIES}{int(revision)}"
+    return numbered_child(
+        text,
+        _DELIVERIES,
+        webhook_name,
+        "webhook delivery name",
+        "webhooks/ID/deliveries/REVISION or ID/REVISION",
+    )
 
 
 def signing_key_name(text: str) -> str:
@@ -126,21 +125,6 @@ def delivery_filter(state: str | None, filter_text: str) -> str:
         raise ValueError(f"unknown delivery state {state!r}: use {', '.join(DELIVERY_STATES)}")
     clause = f"state = {state.upper()}"
     return f"({filter_text}) AND {clause}" if filter_text.strip() else clause
-
-
-def collect_pages(fetch: Callable[[str, int], tuple[Sequence[T], str]], limit: int | None) -> list[T]:
-    """Every item of a paged list, or the first `limit`: `fetch(page_token, page_size)` returns a page's
-    items and the next page token (empty on the last page)."""
-    page_size = 0 if limit is None else min(limit, _core.MAX_PAGE_SIZE)
-    items: list[T] = []
-    page_token = ""
-    while True:
-        page, page_token = fetch(page_token, page_size)
-        items.extend(page)
-        if limit is not None and len(items) >= limit:
-            return items[:limit]
-        if not page_token:
-            return items
 
 
 def _webhooks(registry: Registry) -> webhook_grpc.WebhookServiceStub:

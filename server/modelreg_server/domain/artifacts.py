@@ -23,6 +23,14 @@ DEFAULT_URL_EXPIRY = timedelta(minutes=15)
 MAX_URL_EXPIRY = timedelta(days=7)
 
 
+def url_expiry(requested: timedelta) -> timedelta:
+    """How long a presigned URL stays valid: 15 minutes unless asked (0), from 1 second to 7 days."""
+    expiry = DEFAULT_URL_EXPIRY if requested == timedelta(0) else requested
+    if not timedelta(seconds=1) <= expiry <= MAX_URL_EXPIRY:
+        raise errors.invalid("expiry", "must be between 1 second and 7 days")
+    return expiry
+
+
 def blob_not_found(digest: str) -> errors.NotFound:
     """The error for a digest the store does not hold."""
     return errors.NotFound(f"blob {digest} not found", "BLOB_NOT_FOUND", {"digest": digest})
@@ -107,10 +115,7 @@ class Artifacts:
 
     async def download_url(self, digest: str, expiry: timedelta) -> tuple[str, timedelta]:
         """A presigned GET URL and how long it stays valid (default 15 minutes, at most 7 days)."""
-        if expiry == timedelta(0):
-            expiry = DEFAULT_URL_EXPIRY
-        if not timedelta(seconds=1) <= expiry <= MAX_URL_EXPIRY:
-            raise errors.invalid("expiry", "must be between 1 second and 7 days")
+        expiry = url_expiry(expiry)
         await self.ready()
         await self.stat(digest)
         return await self._store.presigned_get(blob_key(digest), expiry), expiry

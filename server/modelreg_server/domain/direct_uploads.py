@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from modelreg_server.domain import errors
-from modelreg_server.domain.artifacts import DEFAULT_URL_EXPIRY, MAX_URL_EXPIRY, Artifacts
+from modelreg_server.domain.artifacts import Artifacts, url_expiry
 from modelreg_server.storage import blob_repo
 from modelreg_server.storage.blob_repo import BlobRow
 from modelreg_server.storage.blobstore import blob_key
@@ -57,10 +57,7 @@ class DirectUploads:
                 {"max_size": str(MAX_DIRECT_SIZE)},
                 [errors.FieldViolation("size", "must be at most 5 GiB")],
             )
-        if expiry == timedelta(0):
-            expiry = DEFAULT_URL_EXPIRY
-        if not timedelta(seconds=1) <= expiry <= MAX_URL_EXPIRY:
-            raise errors.invalid("expiry", "must be between 1 second and 7 days")
+        expiry = url_expiry(expiry)
         store = self._artifacts.store
         await self._artifacts.ready()
         held = await self._artifacts.uploads.touch(digest)
